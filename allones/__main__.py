@@ -1,0 +1,6 @@
+"""`python -m allones` is the `allones` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""The host: which KVM it runs, the VMM's memory, and the one shared all-ones page.
+
+A `Host` is one machine with one KVM module loaded. It owns what the kernel owns once for
+all VMs (the RFC's `kvm_allones_pg`, allocated when the host starts, as `kvm_init` does)
+and what the VMM maps for its guests (`mmap`). Frames (pfns) are numbered per host.
+VMs are made with `allones.VM(host)`.
+"""
+
+import operator
+
+from . import _core
+from .constants import PAGE_SIZE, PROT_READ, PROT_WRITE
+
+# Where the host's frame numbers start: any value works; this one keeps pfns visibly
+# apart from guest frame numbers in output and tests.
+FIRST_PFN = 0x100000
+
+BIT2_MEANINGS = ("allones", "pci_hole")
+
+
+class Host:
+    """One host: its kernel build, its memory mappings and the shared all-ones page.
+
+    Args:
+        bit2: what flag bit 2 means on this kernel: "allones" (the RFC's KVM_MEM_ALLONES,
+            with one shared read-only 0xff page) or "pci_hole" (the v2's KVM_MEM_PCI_HOLE:
+            no page; reads are emulated in KVM).
+        phys_bits: the host's MAXPHYADDR; memslots must end below 1 << phys_bits
+            (x86 kvm_mmu_max_gfn()).
+    """
+
+    def __init__(self, *, bit2: str = "allones", phys_bits: int = 46):
+        if bit2 not in BIT2_MEANINGS:
+            raise ValueError(f"bit2={bit2!r}: expected one of {BIT2_MEANINGS}")
+        if not 13 <= phys_bits <= 52:
+            raise ValueError(f"phys_bits={phys_bits}: expected 13..52")
+        self.bit2 = bit2
+        self.phys_bits = phys_bits
+        self._next_pfn = FIRST_PFN
+        self._mappings: dict[int, _core.HostMapping] = {}
+        # kvm_init(): alloc_page, memset 0xff, vmap PAGE_KERNEL_RO. Here: real memory,
+        # filled, then mprotect(PROT_READ), so a write through it faults (SIGSEGV).
+        self.allones_page = self._new_mapping(PAGE_SIZE, 0xFF, PROT_READ) if bit2 == "allones" else None
+        self.mm = _core.HostMM((), self.allones_page)
+
+    @property
+    def pci_hole(self) -> bool:
+        """True on a v2 kernel (bit 2 is KVM_MEM_PCI_HOLE)."""
+        return self.bit2 == "pci_hole"
+
+    @property
+    def allones_hva(self) -> int | None:
+        """Address of the shared all-ones page, or None on a v2 host."""
+        return self.allones_page.hva if self.allones_page is not None else None
+
+    @property
+    def allones_pfn(self) -> int | None:
+        """Frame of the shared all-ones page, or None on a v2 host."""
+        return self.allones_page.base_pfn if self.allones_page is not None else None
+
+    def _new_mapping(self, size, fill, prot) -> _core.HostMapping:
+        size = _page_multiple("size", size)
+        mapping = _core.HostMapping(size, self._next_pfn, fill, prot)
+        self._next_pfn += size // PAGE_SIZE
+        return mapping
+
+    def mmap(self, size: int, fill: int | None = None, prot: int = PROT_READ | PROT_WRITE) -> _core.HostMapping:
+        """Map `size` bytes of real anonymous memory for the VMM, as mmap(2) does.
+
+        Args:
+            size: bytes, a positive multiple of PAGE_SIZE.
+            fill: a byte to fill every page with (touching them), or None to leave the
+                memory zero and untouched (it costs no RAM until written).
+            prot: PROT_READ, or PROT_READ | PROT_WRITE.
+
+        Returns the HostMapping; its `hva` is the address to pass as `userspace_addr`.
+        Raises ValueError for a bad size, fill or prot; MemoryError if mmap fails.
+        """
+        mapping = self._new_mapping(size, fill, prot)
+        self._mappings[mapping.hva] = mapping
+        self._publish()
+        return mapping
+
+    def munmap(self, hva: int) -> None:
+        """Unmap the whole mapping that starts at hva.
+
+        Memslots that point there stay (as in the kernel); guest accesses through them
+        then fail with EFAULT. Readers holding an older snapshot keep the memory alive.
+        Raises ValueError if no mapping starts at hva.
+        """
+        if self._mappings.pop(hva, None) is None:
+            raise ValueError(f"no mapping starts at hva {hva:#x}")
+        self._publish()
+
+    def _publish(self) -> None:
+        # A new immutable generation, swapped in whole: translation never sees a half-made one.
+        self.mm = _core.HostMM(tuple(self._mappings.values()), self.allones_page)
+
+    @property
+    def mappings(self) -> tuple:
+        """The VMM's mappings, ascending by hva."""
+        return self.mm.mappings
+
+    @property
+    def nr_frames(self) -> int:
+        """Host frames in use: every mapped page plus the shared all-ones page."""
+        pages = sum(m.npages for m in self._mappings.values())
+        return pages + (1 if self.allones_page is not None else 0)
+
+    def hva_to_pfn(self, hva: int, write_fault: bool = False) -> tuple[int, bool]:
+        """(pfn, writable) behind a VMM address, or (KVM_PFN_ERR_FAULT, False)."""
+        return self.mm.hva_to_pfn(hva, write_fault)
+
+    def __repr__(self):
+        return f"Host(bit2={self.bit2!r}, phys_bits={self.phys_bits}, mappings={len(self._mappings)})"
+
+
+def _page_multiple(name: str, value) -> int:
+    value = _as_int(name, value)
+    if value <= 0 or value % PAGE_SIZE:
+        raise ValueError(f"{name}={value:#x} must be a positive multiple of {PAGE_SIZE:#x}")
+    return value
+
+
+def _as_int(name: str, value) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
