@@ -16,7 +16,7 @@ from cpython.buffer cimport PyBUF_WRITABLE
 from libc.errno cimport EEXIST, EINVAL, ENOMEM, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from posix.mman cimport (MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE,
                          mmap, mprotect, munmap)
 
@@ -290,7 +290,7 @@ cdef int commit_memory_region(const kvm_memslots *old, const memslot_change *chg
     Like the kernel before v5.12 (kvm_dup_memslots + update_memslots): a full copy, O(n),
     then published whole by the caller. Returns 0 or -ENOMEM (and then *new is empty).
     """
-    cdef int32_t n = old.used_slots, k, j = 0, at = -1
+    cdef int32_t n = old.used_slots, k, j, at = -1
     if chg.change == KVM_MR_CREATE:
         n += 1
     elif chg.change == KVM_MR_DELETE:
@@ -307,14 +307,14 @@ cdef int commit_memory_region(const kvm_memslots *old, const memslot_change *chg
         free(new.memslots)
         new.base_gfns, new.memslots = NULL, NULL
         return -ENOMEM
-    for k in range(old.used_slots):
-        if k == chg.old_index:
-            continue
-        if j == at:
-            j += 1
-        new.memslots[j] = old.memslots[k]
-        j += 1
+    # Old slots minus the changed one, in two block copies...
+    j = chg.old_index if chg.old_index >= 0 else old.used_slots
+    memcpy(new.memslots, old.memslots, j * sizeof(kvm_memory_slot))
+    memcpy(new.memslots + j, old.memslots + j + 1 if chg.old_index >= 0 else old.memslots + j,
+           (old.used_slots - j - (1 if chg.old_index >= 0 else 0)) * sizeof(kvm_memory_slot))
+    # ...then open a gap for the new slot at its sorted place.
     if at >= 0:
+        memmove(new.memslots + at + 1, new.memslots + at, (n - 1 - at) * sizeof(kvm_memory_slot))
         new.memslots[at] = chg.new
     for k in range(n):
         new.base_gfns[k] = new.memslots[k].base_gfn

@@ -12,8 +12,9 @@ ECAM_BASE = 0xB000_0000   # q35's MMCONFIG window
 ECAM_SIZE = 256 << 20     # 256 buses x 32 devices x 8 functions x 4 KiB
 
 
-def demo(out=sys.stdout) -> int:
+def demo(out=None) -> int:
     """Build a VM with 16 MiB of RAM and an all-ones slot over the ECAM window; translate."""
+    out = out or sys.stdout
     host = Host()
     vm = VM(host)
     ram = host.mmap(16 << 20, fill=0)
