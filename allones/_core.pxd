@@ -71,6 +71,11 @@ cdef struct kvm_memslots:
     int32_t last_used_slot        # index of the last hit (relaxed atomic), 0 if empty
     gfn_t *base_gfns              # [used_slots] ascending; what the binary search reads
     kvm_memory_slot *memslots     # [used_slots] in the same order
+    # The slots and the gaps between them tile [0, 2^64): batch lookups search these, so a
+    # gfn's answer is one search away with no range check, and a scan steps tile by tile.
+    int32_t nr_tiles
+    gfn_t *tile_starts            # [nr_tiles] ascending, tile_starts[0] == 0
+    int32_t *tile_slots           # [nr_tiles] index into memslots, or -1 for a gap
 
 
 # What set_user_memory_region does once validated (enum kvm_mr_change).

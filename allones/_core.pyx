@@ -93,41 +93,120 @@ cdef int32_t search_memslots(kvm_memslots *slots, gfn_t gfn, lookup_stats *st) n
     return -1
 
 
+cdef struct memslot_cursor:
+    # A batch's place in the table: the tile (slot or gap) it resolved last, and the
+    # kernel's last-used slot, to count what search_memslots' cache would have answered.
+    gfn_t lo                      # the tile is [lo, lo + span) (unsigned: may run to 2^64)
+    gfn_t span
+    int32_t tile
+    int32_t slot                  # tile_slots[tile]: a memslot index or -1
+    int32_t kernel_cached
+    uint64_t hits
+
+
+cdef inline gfn_t tile_span(const kvm_memslots *slots, int32_t t) noexcept nogil:
+    # The last tile runs to 2^64: 0 - start, in unsigned arithmetic.
+    cdef gfn_t end = slots.tile_starts[t + 1] if t + 1 < slots.nr_tiles else 0
+    return end - slots.tile_starts[t]
+
+
+cdef inline void cursor_init(const kvm_memslots *slots, memslot_cursor *c) noexcept nogil:
+    """An empty tile before tile 0, so the first gfn seeks."""
+    c.lo, c.span, c.tile, c.slot, c.hits = 0, 0, -1, -1, 0
+    c.kernel_cached = allones_load_relaxed(&slots.last_used_slot)
+
+
+cdef inline void cursor_seek(const kvm_memslots *slots, memslot_cursor *c, gfn_t gfn) noexcept nogil:
+    """Move to the tile holding gfn: the next tile if a scan stepped into it, else search."""
+    cdef int32_t t = c.tile + 1
+    if not (t < slots.nr_tiles and gfn - slots.tile_starts[t] < tile_span(slots, t)):
+        t = floor_index(slots.tile_starts, slots.nr_tiles, gfn)
+    c.tile, c.lo, c.span, c.slot = t, slots.tile_starts[t], tile_span(slots, t), slots.tile_slots[t]
+    if c.slot >= 0:
+        c.hits += c.slot == c.kernel_cached
+        c.kernel_cached = c.slot
+
+
+cdef inline int32_t cursor_lookup(const kvm_memslots *slots, memslot_cursor *c,
+                                  gfn_t gfn) noexcept nogil:
+    """Index of the memslot holding gfn, or -1: search_memslots' answer."""
+    if gfn - c.lo < c.span:
+        c.hits += c.slot >= 0         # inside the slot last found: the kernel's cache hits
+    else:
+        cursor_seek(slots, c, gfn)
+    return c.slot
+
+
 cdef void lookup_memslots(kvm_memslots *slots, const gfn_t *gfns, Py_ssize_t n,
                           int32_t *ids, lookup_stats *st) noexcept nogil:
     """ids[k] = id of the memslot holding gfns[k], or -1: search_memslots over an array.
 
-    The cached slot lives in locals for the whole batch (written back once), so a
-    sequential scan costs one compare per gfn.
+    A cursor remembers the last tile (slot or gap), so a sequential scan costs one compare
+    per gfn and one more per tile; statistics count what the kernel's cache would have hit.
     """
     cdef Py_ssize_t k
-    cdef int32_t i, cached, cached_id
-    cdef gfn_t base, npages, gfn
-    cdef uint64_t hits = 0
-    if slots.used_slots == 0:
-        for k in range(n):
-            ids[k] = -1
-        return
-    cached = allones_load_relaxed(&slots.last_used_slot)
-    base, npages = slots.memslots[cached].base_gfn, slots.memslots[cached].npages
-    cached_id = slots.memslots[cached].id
+    cdef memslot_cursor c
+    cdef gfn_t lo = 0, span = 0, gfn
+    cdef int32_t id = -1, in_slot = 0
+    cdef uint64_t hits = 0            # locals: c lives in memory (its address is taken)
+    cursor_init(slots, &c)
     for k in range(n):
         gfn = gfns[k]
-        if gfn - base < npages:
-            hits += 1
-            ids[k] = cached_id
+        if gfn - lo < span:           # the hot path: subtract, compare, store
+            ids[k] = id
+            hits += in_slot
             continue
-        i = floor_index(slots.base_gfns, slots.used_slots, gfn)
-        if slot_contains(&slots.memslots[i], gfn):
-            cached, base, npages = i, slots.memslots[i].base_gfn, slots.memslots[i].npages
-            cached_id = slots.memslots[i].id
-            ids[k] = cached_id
-        else:
-            ids[k] = -1
-    allones_store_relaxed(&slots.last_used_slot, cached)
+        cursor_seek(slots, &c, gfn)
+        in_slot = c.slot >= 0
+        lo, span, id = c.lo, c.span, slots.memslots[c.slot].id if in_slot else -1
+        ids[k] = id
+    if slots.used_slots:
+        allones_store_relaxed(&slots.last_used_slot, c.kernel_cached)
     if st != NULL:
         st.lookups += n
-        st.cache_hits += hits
+        st.cache_hits += c.hits + hits
+
+
+cdef void build_tiles(kvm_memslots *slots) noexcept nogil:
+    """Fill tile_starts/tile_slots from the sorted memslots (room for 2n + 1 tiles)."""
+    cdef int32_t i, t = 0
+    cdef gfn_t end = 0
+    for i in range(slots.used_slots):
+        if slots.memslots[i].base_gfn > end or (i == 0 and slots.memslots[0].base_gfn > 0):
+            slots.tile_starts[t], slots.tile_slots[t] = end, -1
+            t += 1
+        slots.tile_starts[t], slots.tile_slots[t] = slots.memslots[i].base_gfn, i
+        t += 1
+        end = slots.memslots[i].base_gfn + slots.memslots[i].npages
+    if t == 0 or end != 0:            # the gap after the last slot (none if it ends at 2^64)
+        slots.tile_starts[t], slots.tile_slots[t] = end, -1
+        t += 1
+    slots.nr_tiles = t
+
+
+cdef int memslots_alloc(kvm_memslots *slots, int32_t n) noexcept nogil:
+    """Allocate a generation's arrays for n slots; 0 or -ENOMEM (and nothing allocated)."""
+    slots.used_slots = 0
+    slots.last_used_slot = 0
+    slots.nr_tiles = 0
+    slots.base_gfns = <gfn_t *>malloc(max(n, 1) * sizeof(gfn_t))
+    slots.memslots = <kvm_memory_slot *>malloc(max(n, 1) * sizeof(kvm_memory_slot))
+    slots.tile_starts = <gfn_t *>malloc((2 * n + 1) * sizeof(gfn_t))
+    slots.tile_slots = <int32_t *>malloc((2 * n + 1) * sizeof(int32_t))
+    if slots.base_gfns == NULL or slots.memslots == NULL or \
+            slots.tile_starts == NULL or slots.tile_slots == NULL:
+        memslots_free(slots)
+        return -ENOMEM
+    return 0
+
+
+cdef void memslots_free(kvm_memslots *slots) noexcept nogil:
+    free(slots.base_gfns)
+    free(slots.memslots)
+    free(slots.tile_starts)
+    free(slots.tile_slots)
+    slots.base_gfns, slots.memslots, slots.tile_starts, slots.tile_slots = NULL, NULL, NULL, NULL
+    slots.used_slots = slots.nr_tiles = 0
 
 
 cdef inline int32_t index_of_id(const kvm_memslots *slots, int32_t id) noexcept nogil:
@@ -288,7 +367,7 @@ cdef int commit_memory_region(const kvm_memslots *old, const memslot_change *chg
     """Build the next generation in *new (old minus the old slot, plus the new one).
 
     Like the kernel before v5.12 (kvm_dup_memslots + update_memslots): a full copy, O(n),
-    then published whole by the caller. Returns 0 or -ENOMEM (and then *new is empty).
+    then published whole by the caller. Returns 0 or -ENOMEM (and then *new owns nothing).
     """
     cdef int32_t n = old.used_slots, k, j, at = -1
     if chg.change == KVM_MR_CREATE:
@@ -297,16 +376,9 @@ cdef int commit_memory_region(const kvm_memslots *old, const memslot_change *chg
         n -= 1
     if chg.change != KVM_MR_DELETE:
         at = insert_index(old, chg.old_index, chg.new.base_gfn)
-    new.generation = old.generation + 1
-    new.used_slots = 0
-    new.last_used_slot = 0
-    new.base_gfns = <gfn_t *>malloc(max(n, 1) * sizeof(gfn_t))
-    new.memslots = <kvm_memory_slot *>malloc(max(n, 1) * sizeof(kvm_memory_slot))
-    if new.base_gfns == NULL or new.memslots == NULL:
-        free(new.base_gfns)
-        free(new.memslots)
-        new.base_gfns, new.memslots = NULL, NULL
+    if memslots_alloc(new, n):
         return -ENOMEM
+    new.generation = old.generation + 1
     # Old slots minus the changed one, in two block copies...
     j = chg.old_index if chg.old_index >= 0 else old.used_slots
     memcpy(new.memslots, old.memslots, j * sizeof(kvm_memory_slot))
@@ -319,6 +391,7 @@ cdef int commit_memory_region(const kvm_memslots *old, const memslot_change *chg
     for k in range(n):
         new.base_gfns[k] = new.memslots[k].base_gfn
     new.used_slots = n
+    build_tiles(new)
     return 0
 
 
@@ -404,11 +477,18 @@ cdef void translate_gfns(kvm_memslots *slots, host_mm *mm, const gfn_t *gfns, Py
     cdef Py_ssize_t k
     cdef int32_t i
     cdef bint w
+    cdef memslot_cursor c
+    cursor_init(slots, &c)
     for k in range(n):
-        i = search_memslots(slots, gfns[k], st)
+        i = cursor_lookup(slots, &c, gfns[k])
         pfns[k] = gfn_to_pfn_memslot(&slots.memslots[i] if i >= 0 else NULL,
                                      gfns[k], write_fault, &w, mm)
         writable[k] = w
+    if slots.used_slots:
+        allones_store_relaxed(&slots.last_used_slot, c.kernel_cached)
+    if st != NULL:
+        st.lookups += n
+        st.cache_hits += c.hits
 
 
 # ---------------------------------------------------------------------------------------
@@ -424,11 +504,13 @@ cdef class Memslots:
     """
 
     def __cinit__(self, int as_id=0):
-        self.as_id = as_id   # an empty generation: no arrays, used_slots == 0
+        self.as_id = as_id
+        if memslots_alloc(&self.c, 0):   # an empty generation: one gap tile, [0, 2^64)
+            raise MemoryError()
+        build_tiles(&self.c)
 
     def __dealloc__(self):
-        free(self.c.base_gfns)
-        free(self.c.memslots)
+        memslots_free(&self.c)
 
     @property
     def generation(self):
@@ -659,6 +741,7 @@ cdef class VMCore:
         if rc or chg.change == KVM_MR_NONE:
             return rc, rule, KVM_MR_NONE
         new = Memslots.__new__(Memslots, old.as_id)
+        memslots_free(&new.c)
         rc = commit_memory_region(&old.c, &chg, &new.c)
         if rc:
             return rc, RULE_NOMEM, KVM_MR_NONE

@@ -42,25 +42,31 @@ EXC_FOR_ERRNO = {errno.EINVAL: allones.InvalidArgument, errno.EEXIST: allones.Sl
 # A gfn pick is resolved against the host in the machine, so one strategy serves every
 # phys_bits: ("lo", g) is g itself (a small range: overlaps are frequent);
 # ("top", k) is max_gfn - k (k < 0 is past the max gfn).
-LOW_GFNS = 40
+LOW_GFNS = 24
 gfn_picks = st.one_of(
     st.tuples(st.just("lo"), st.integers(0, LOW_GFNS)),
     st.tuples(st.just("lo"), st.integers(0, LOW_GFNS)),
     st.tuples(st.just("top"), st.integers(-3, 9)),
 )
 # Lookups also probe far gfns that no gpa can reach and gfns relative to existing slots.
+slot_relative = st.tuples(st.just("slot"), st.integers(0, 11), st.integers(-1, 9))
 lookup_gfn_picks = st.one_of(
     gfn_picks,
-    st.tuples(st.just("slot"), st.integers(0, 11), st.integers(-1, 9)),
+    slot_relative,
+    slot_relative,
+    slot_relative,
     st.tuples(st.just("abs"), st.sampled_from([(1 << 52) - 1, 1 << 52, (1 << 63) - 1, (1 << 64) - 1])),
 )
 
 slot_ids = st.sampled_from([0, 1, 2, 3, 4, 5] * 3 + [R.KVM_USER_MEM_SLOTS])
-as_ids = st.sampled_from([0, 0, 0, 1, 1, 2])
+as_ids = st.sampled_from([0, 0, 0, 0, 1, 1, 1, 2, 0x8000])
 good_flags = st.sampled_from([0, 0, LOG, RO, LOG | RO, BIT2, BIT2])
 all_low_flags = st.integers(0, 7)
+flag_toggles = st.one_of(st.just(LOG), st.just(LOG), st.integers(0, 7))   # LOG alone: FLAGS_ONLY
 raw_flags = st.one_of(
     all_low_flags,
+    all_low_flags,
+    st.sampled_from([0, LOG, RO, LOG | RO]),
     st.sampled_from([1 << k for k in range(32)]),
     st.integers(0, (1 << 32) - 1),
 )
@@ -105,7 +111,7 @@ class MemslotMachine(RuleBasedStateMachine):
 
     # --- resolving picks ---
 
-    def gfn(self, pick):
+    def gfn(self, pick, as_id=0):
         kind = pick[0]
         if kind == "lo":
             return pick[1]
@@ -113,8 +119,9 @@ class MemslotMachine(RuleBasedStateMachine):
             return self.max_gfn - pick[1]
         if kind == "abs":
             return pick[1]
-        # ("slot", i, off): relative to the i-th existing slot of either address space
-        slots = self.ref.slots(0) + self.ref.slots(1)
+        # ("slot", i, off): relative to the i-th slot of the address space (or, if it has
+        # none, of the other one)
+        slots = self.ref.slots(as_id) or self.ref.slots(1 - as_id if as_id in (0, 1) else 0)
         if not slots:
             return max(pick[2], 0)
         s = slots[pick[1] % len(slots)]
@@ -206,11 +213,11 @@ class MemslotMachine(RuleBasedStateMachine):
         self.set(a << 16 | s.id, s.flags, self.gfn(gfn) << 12, s.npages * PAGE, s.userspace_addr)
 
     @precondition(has_slots)
-    @rule(data=st.data(), flags=all_low_flags, move=st.booleans(), gfn=gfn_picks)
-    def change_flags(self, data, flags, move, gfn):
+    @rule(data=st.data(), toggle=flag_toggles, move=st.booleans(), gfn=gfn_picks)
+    def change_flags(self, data, toggle, move, gfn):
         a, s = self.existing(data)
         base = self.gfn(gfn) if move else s.base_gfn
-        self.set(a << 16 | s.id, flags, base << 12, s.npages * PAGE, s.userspace_addr)
+        self.set(a << 16 | s.id, s.flags ^ toggle, base << 12, s.npages * PAGE, s.userspace_addr)
 
     @precondition(has_slots)
     @rule(data=st.data(), dpages=st.integers(-2, 2), hva=st.sampled_from(GOOD_HVAS + [None]))
@@ -234,19 +241,43 @@ class MemslotMachine(RuleBasedStateMachine):
     # --- rules: raw calls, mostly invalid ---
 
     @rule(as_id=st.sampled_from([0, 0, 1, 2, 3, 0xFFFF]),
-          id_=st.sampled_from([0, 1, 2, 5, 7, 32763, 32764, 32766, 32767, 0xFFFF]),
-          flags=raw_flags, gpa=raw_gpas, size=raw_sizes, hva=st.sampled_from(RAW_HVAS))
+          id_=st.sampled_from([0, 1, 2, 3, 4, 5] * 2 + [7, 32763, 32764, 32766, 32767, 0xFFFF]),
+          flags=raw_flags, gpa=raw_gpas, size=raw_sizes,
+          hva=st.one_of(st.sampled_from(RAW_HVAS), st.sampled_from(["zero", "ram_a", "edge_ok"])))
     def raw(self, as_id, id_, flags, gpa, size, hva):
         kind, pick, low = gpa
         addr = pick if kind == "abs" else (self.gfn(pick) << 12) + low
         addr &= (1 << 64) - 1
         self.set(as_id << 16 | id_, flags, addr, size, self.hva(hva, size))
 
+    @rule(as_id=st.sampled_from([0, 1]), id_=slot_ids, flags=good_flags, hva=st.sampled_from(["zero", "ram_a"]),
+          case=st.sampled_from(["max_pages", "max_pages+1", "gpa_wraps", "gpa_ends_at_2^64", "gpa_below_2^64",
+                                "hva_ends_at_2^63", "hva_ends_below_2^63"]))
+    def boundaries(self, as_id, id_, flags, hva, case):
+        """Well-formed calls at the edges of the size, gpa-wrap and access_ok checks."""
+        top = 1 << 64
+        gpa, size, addr = 0, PAGE, 0 if flags & BIT2 else self.hva(hva)
+        if case == "max_pages":
+            size = MAX_BYTES
+        elif case == "max_pages+1":
+            size = MAX_BYTES + PAGE
+        elif case == "gpa_wraps":
+            gpa, size = top - PAGE, 2 * PAGE
+        elif case == "gpa_ends_at_2^64":
+            gpa = top - PAGE
+        elif case == "gpa_below_2^64":
+            gpa = top - 2 * PAGE
+        elif case == "hva_ends_at_2^63":
+            addr = (1 << 63) - PAGE
+        else:
+            addr = (1 << 63) - 2 * PAGE
+        self.set(as_id << 16 | id_, flags, gpa, size, addr)
+
     # --- rules: lookups and translation ---
 
     @rule(as_id=st.sampled_from([0, 0, 1]), picks=st.lists(lookup_gfn_picks, min_size=1, max_size=10))
     def lookups(self, as_id, picks):
-        gfns = [self.gfn(p) for p in picks]
+        gfns = [self.gfn(p, as_id) for p in picks]
         vm, ref = self.vm, self.ref
         for g in gfns:
             assert vm.lookup(g, as_id) == ref.lookup(g, as_id), f"lookup({g:#x}, {as_id})"

@@ -1,0 +1,101 @@
+"""Memslot lookup: the core side by side with numpy.searchsorted, bisect and a Python model.
+
+Groups pair the core with its baselines on the same seeded inputs:
+- `lookup_batch/...`: 1M gfns over 509 and 32764 slots, random and sequential order;
+  `core` (VM.lookup_batch: search + range check + id) vs `np.searchsorted` alone.
+- `translate/...`: VM.translate (lookup + __gfn_to_pfn_memslot) on the same gfns.
+- `lookup_scalar/...`: 10k calls from Python: VM.lookup vs bisect.bisect_right on a list,
+  and vs a pure-Python lookup model (bisect + range check).
+Run: python -m pytest benchmarks --benchmark-only --benchmark-group-by=group
+"""
+
+import bisect
+
+import numpy as np
+import pytest
+
+NSLOTS = [509, 32764]
+ORDERS = ["random", "sequential"]
+SCALAR_KEYS = 10_000
+
+
+def info(benchmark, layout, order, n):
+    benchmark.extra_info.update(nslots=len(layout.bases), order=order, keys=n)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("nslots", NSLOTS)
+class TestLookupBatch:
+    def test_core(self, benchmark, layout, nslots, order):
+        lay = layout(nslots)
+        gfns = lay.gfns[order]
+        benchmark.group = f"lookup_batch/nslots={nslots}/{order}"
+        info(benchmark, lay, order, len(gfns))
+        ids = benchmark(lay.vm.lookup_batch, gfns)
+        assert np.array_equal(ids, lay.expected_ids(gfns))
+
+    def test_searchsorted(self, benchmark, layout, nslots, order):
+        lay = layout(nslots)
+        gfns = lay.gfns[order]
+        benchmark.group = f"lookup_batch/nslots={nslots}/{order}"
+        info(benchmark, lay, order, len(gfns))
+        idx = benchmark(np.searchsorted, lay.bases, gfns, side="right")
+        assert idx.shape == gfns.shape
+
+    def test_translate(self, benchmark, layout, nslots, order):
+        lay = layout(nslots)
+        gfns = lay.gfns[order]
+        benchmark.group = f"translate/nslots={nslots}/{order}"
+        info(benchmark, lay, order, len(gfns))
+        t = benchmark(lay.vm.translate, gfns)
+        hit = lay.expected_ids(gfns) >= 0
+        assert np.all(t.pfn[hit] == lay.host.allones_pfn) and not t.writable.any()
+
+    def test_translate_searchsorted(self, benchmark, layout, nslots, order):
+        lay = layout(nslots)
+        gfns = lay.gfns[order]
+        benchmark.group = f"translate/nslots={nslots}/{order}"
+        info(benchmark, lay, order, len(gfns))
+        benchmark(np.searchsorted, lay.bases, gfns, side="right")
+
+
+def python_lookup(bases, ends, gfn):
+    """The pure-Python model of search_memslots: bisect, then the range check."""
+    i = bisect.bisect_right(bases, gfn) - 1
+    return i if i >= 0 and gfn < ends[i] else -1
+
+
+@pytest.mark.parametrize("nslots", NSLOTS)
+class TestLookupScalar:
+    def keys(self, lay):
+        return lay.gfns["random"][:SCALAR_KEYS].tolist()
+
+    def test_core(self, benchmark, layout, nslots):
+        lay = layout(nslots)
+        keys, lookup = self.keys(lay), lay.vm.lookup
+        benchmark.group = f"lookup_scalar/nslots={nslots}"
+        info(benchmark, lay, "random", len(keys))
+
+        def loop():
+            return [lookup(g) for g in keys]
+        assert benchmark(loop) == lay.expected_ids(np.array(keys, dtype=np.uint64)).tolist()
+
+    def test_bisect(self, benchmark, layout, nslots):
+        lay = layout(nslots)
+        keys, bases, bisect_right = self.keys(lay), lay.bases_list, bisect.bisect_right
+        benchmark.group = f"lookup_scalar/nslots={nslots}"
+        info(benchmark, lay, "random", len(keys))
+
+        def loop():
+            return [bisect_right(bases, g) for g in keys]
+        assert len(benchmark(loop)) == len(keys)
+
+    def test_python_model(self, benchmark, layout, nslots):
+        lay = layout(nslots)
+        keys, bases, ends = self.keys(lay), lay.bases_list, lay.ends_list
+        benchmark.group = f"lookup_scalar/nslots={nslots}"
+        info(benchmark, lay, "random", len(keys))
+
+        def loop():
+            return [python_lookup(bases, ends, g) for g in keys]
+        assert benchmark(loop) == lay.expected_ids(np.array(keys, dtype=np.uint64)).tolist()
