@@ -712,13 +712,19 @@ cdef class VMCore:
         self.cfg.pci_hole = pci_hole
         self.cfg.max_gfn = (1ULL << (phys_bits - ALLONES_PAGE_SHIFT)) - 1
 
+    cdef Memslots _current(self, int as_id):
+        # Checked here: with boundscheck off, a bad index would read past the list.
+        if not 0 <= as_id < KVM_ADDRESS_SPACE_NUM:
+            raise ValueError(f"as_id {as_id} outside 0..{KVM_ADDRESS_SPACE_NUM - 1}")
+        return self._memslots[as_id]
+
     def memslots(self, int as_id=0):
         """The current Memslots generation of an address space (a consistent snapshot)."""
-        return self._memslots[as_id]
+        return self._current(as_id)
 
     def lookup(self, gfn_t gfn, int as_id=0):
         """Id of the memslot holding gfn in address space as_id, or -1."""
-        cdef Memslots slots = self._memslots[as_id]
+        cdef Memslots slots = self._current(as_id)
         cdef int32_t i = search_memslots(&slots.c, gfn, NULL)
         return slots.c.memslots[i].id if i >= 0 else -1
 

@@ -122,3 +122,13 @@ def test_table_holds_kvm_user_mem_slots(vm):
     expect = np.where(gfns % 2 == 0, gfns.astype(np.int64) // 2, -1)
     assert np.array_equal(vm.lookup_batch(gfns), expect)
     assert vm.lookup(2 * (n - 1)) == n - 1
+
+
+@pytest.mark.parametrize("as_id", [-1, 2, 1000])
+def test_address_space_out_of_range_is_an_error(vm, as_id):
+    with pytest.raises(ValueError):
+        vm.lookup(0, as_id)
+    with pytest.raises(ValueError):
+        vm.memslots(as_id)
+    with pytest.raises(ValueError):
+        vm.translate([0], as_id=as_id)
