@@ -22,10 +22,6 @@ from posix.mman cimport (MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT
 
 import numpy as np
 
-# x86-64 with 4-level paging: user addresses are below 1 << 47 (TASK_SIZE_MAX is
-# (1 << 47) - PAGE_SIZE); access_ok() is checked against this (see access_ok below).
-cdef uint64_t TASK_SIZE_MAX = (1ULL << 47) - 4096
-
 Memslot = namedtuple("Memslot", "id base_gfn npages userspace_addr flags")
 Memslot.__doc__ = """One memslot: [base_gfn, base_gfn + npages) at userspace_addr, with flags."""
 
@@ -42,7 +38,7 @@ def c_constants():
         KVM_PFN_NOSLOT=KVM_PFN_NOSLOT, KVM_PFN_ERR_FAULT=KVM_PFN_ERR_FAULT,
         KVM_PFN_ERR_HWPOISON=KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_RO_FAULT=KVM_PFN_ERR_RO_FAULT,
         KVM_PFN_ERR_SIGPENDING=KVM_PFN_ERR_SIGPENDING, KVM_HVA_ERR_BAD=KVM_HVA_ERR_BAD,
-        KVM_HVA_ERR_RO_BAD=KVM_HVA_ERR_RO_BAD, TASK_SIZE_MAX=TASK_SIZE_MAX,
+        KVM_HVA_ERR_RO_BAD=KVM_HVA_ERR_RO_BAD,
     )
 
 
@@ -379,11 +375,13 @@ cdef int commit_memory_region(const kvm_memslots *old, const memslot_change *chg
     if memslots_alloc(new, n):
         return -ENOMEM
     new.generation = old.generation + 1
-    # Old slots minus the changed one, in two block copies...
-    j = chg.old_index if chg.old_index >= 0 else old.used_slots
-    memcpy(new.memslots, old.memslots, j * sizeof(kvm_memory_slot))
-    memcpy(new.memslots + j, old.memslots + j + 1 if chg.old_index >= 0 else old.memslots + j,
-           (old.used_slots - j - (1 if chg.old_index >= 0 else 0)) * sizeof(kvm_memory_slot))
+    # Old slots minus the changed one, in block copies...
+    if chg.old_index < 0:
+        memcpy(new.memslots, old.memslots, old.used_slots * sizeof(kvm_memory_slot))
+    else:
+        j = chg.old_index
+        memcpy(new.memslots, old.memslots, j * sizeof(kvm_memory_slot))
+        memcpy(new.memslots + j, old.memslots + j + 1, (old.used_slots - j - 1) * sizeof(kvm_memory_slot))
     # ...then open a gap for the new slot at its sorted place.
     if at >= 0:
         memmove(new.memslots + at + 1, new.memslots + at, (n - 1 - at) * sizeof(kvm_memory_slot))

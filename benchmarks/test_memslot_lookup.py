@@ -10,6 +10,7 @@ Run: python -m pytest benchmarks --benchmark-only --benchmark-group-by=group
 """
 
 import bisect
+import functools
 
 import numpy as np
 import pytest
@@ -67,35 +68,27 @@ def python_lookup(bases, ends, gfn):
 
 @pytest.mark.parametrize("nslots", NSLOTS)
 class TestLookupScalar:
-    def keys(self, lay):
-        return lay.gfns["random"][:SCALAR_KEYS].tolist()
+    """The same loop over 10k Python ints, calling a different lookup each time."""
+
+    def run(self, benchmark, layout, nslots, make_lookup):
+        lay = layout(nslots)
+        keys, lookup = lay.gfns["random"][:SCALAR_KEYS].tolist(), make_lookup(lay)
+        benchmark.group = f"lookup_scalar/nslots={nslots}"
+        info(benchmark, lay, "random", len(keys))
+        return lay, keys, benchmark(lambda: [lookup(g) for g in keys])
 
     def test_core(self, benchmark, layout, nslots):
-        lay = layout(nslots)
-        keys, lookup = self.keys(lay), lay.vm.lookup
-        benchmark.group = f"lookup_scalar/nslots={nslots}"
-        info(benchmark, lay, "random", len(keys))
-
-        def loop():
-            return [lookup(g) for g in keys]
-        assert benchmark(loop) == lay.expected_ids(np.array(keys, dtype=np.uint64)).tolist()
+        lay, keys, ids = self.run(benchmark, layout, nslots, lambda lay: lay.vm.lookup)
+        assert ids == lay.expected_ids(np.array(keys, dtype=np.uint64)).tolist()
 
     def test_bisect(self, benchmark, layout, nslots):
-        lay = layout(nslots)
-        keys, bases, bisect_right = self.keys(lay), lay.bases_list, bisect.bisect_right
-        benchmark.group = f"lookup_scalar/nslots={nslots}"
-        info(benchmark, lay, "random", len(keys))
-
-        def loop():
-            return [bisect_right(bases, g) for g in keys]
-        assert len(benchmark(loop)) == len(keys)
+        def make(lay):
+            return functools.partial(bisect.bisect_right, lay.bases_list)
+        _, keys, found = self.run(benchmark, layout, nslots, make)
+        assert len(found) == len(keys)
 
     def test_python_model(self, benchmark, layout, nslots):
-        lay = layout(nslots)
-        keys, bases, ends = self.keys(lay), lay.bases_list, lay.ends_list
-        benchmark.group = f"lookup_scalar/nslots={nslots}"
-        info(benchmark, lay, "random", len(keys))
-
-        def loop():
-            return [python_lookup(bases, ends, g) for g in keys]
-        assert benchmark(loop) == lay.expected_ids(np.array(keys, dtype=np.uint64)).tolist()
+        def make(lay):
+            return functools.partial(python_lookup, lay.bases_list, lay.ends_list)
+        lay, keys, ids = self.run(benchmark, layout, nslots, make)
+        assert ids == lay.expected_ids(np.array(keys, dtype=np.uint64)).tolist()

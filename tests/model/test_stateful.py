@@ -15,8 +15,6 @@ with a small MAXPHYADDR (phys_bits=36).
 """
 
 import errno
-import os
-import sys
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -26,11 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import allones
 from allones.constants import PROT_READ, PROT_WRITE
 
-_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-import reference as R  # noqa: E402  (tests/reference.py, found through the path above)
+import reference as R  # tests/reference.py: tests/conftest.py puts tests/ on sys.path
 
 PAGE = R.PAGE_SIZE
 LOG, RO, BIT2 = R.KVM_MEM_LOG_DIRTY_PAGES, R.KVM_MEM_READONLY, R.KVM_MEM_BIT2
