@@ -19,11 +19,12 @@ directives = {
 
 extensions = [
     Extension(
-        "allones._core",
-        ["allones/_core.pyx"],
+        f"allones.{name}",
+        [f"allones/{name}.pyx"],
         include_dirs=["allones"],
         extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
     )
+    for name in ("_core", "_mmu")
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=False))

@@ -15,7 +15,7 @@ Both are immutable generations (only the last-used caches change), so any number
 threads may read them at once.
 """
 
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 ctypedef uint64_t gfn_t
 ctypedef uint64_t gpa_t
@@ -62,6 +62,7 @@ cdef struct kvm_memory_slot:
     hva_t userspace_addr          # hva of base_gfn's backing
     uint32_t flags                # KVM_MEM_*
     int32_t id                    # slot id (low 16 bits of the ioctl's `slot`)
+    uint8_t *dirty_bitmap         # a byte per page while LOG_DIRTY_PAGES is on, else NULL
 
 
 # One generation of an address space's memslots, as the kernel's struct kvm_memslots.
@@ -125,11 +126,23 @@ cdef struct memslot_change:
 
 
 # One host mapping (a VMA of the VMM) with its frames; pfns are the host's, contiguous.
+cdef enum:
+    VMA_THP = 1                   # 2 MiB aligned, may back 2 MiB stage-2 leaves
+    VMA_ACCOUNTING = 2            # reserved address space only: reads give `fill`
+
+cdef enum:
+    HPAGE_SHIFT = 21              # 2 MiB
+    HPAGE_SIZE = 1 << 21
+    PAGES_PER_HPAGE = 512
+
+
 cdef struct host_vma:
     hva_t start                   # page-aligned hva
     uint64_t npages
     pfn_t base_pfn                # pfn of the first page
     uint32_t prot                 # PROT_READ / PROT_WRITE of the mapping
+    uint32_t flags                # VMA_THP, VMA_ACCOUNTING
+    uint8_t fill                  # the byte every page was filled with (0 if none)
 
 
 # One generation of the host's address space, as seen by translation.
@@ -151,14 +164,19 @@ cdef struct lookup_stats:
 cdef class Memslots:
     cdef kvm_memslots c           # owned arrays, freed in __dealloc__
     cdef readonly int as_id
+    cdef dict _bitmaps            # slot id -> uint8 array behind its dirty_bitmap (kept alive)
     cdef object _slot(self, int32_t i)
 
 
 cdef class HostMapping:
-    cdef void *addr               # real memory from mmap(2)
+    cdef void *addr               # from mmap(2): memory, or reserved address space
     cdef readonly uint64_t size
     cdef readonly pfn_t base_pfn
     cdef readonly uint32_t prot
+    cdef readonly uint8_t fill    # the fill byte (0 if none)
+    cdef readonly bint thp        # 2 MiB aligned, advised for THP
+    cdef readonly bint materialized  # False: accounting only, no memory
+    cdef readonly int64_t fill_ns # time the fill took
 
 
 cdef class HostMM:
@@ -192,6 +210,7 @@ cdef int commit_memory_region(const kvm_memslots *old, const memslot_change *chg
 # --- translation (__gfn_to_hva_memslot, __gfn_to_pfn_memslot, hva_to_pfn) ---
 cdef hva_t gfn_to_hva_memslot(const kvm_memory_slot *slot, gfn_t gfn,
                               const host_mm *mm) noexcept nogil
+cdef int32_t find_vma(host_mm *mm, hva_t hva) noexcept nogil
 cdef pfn_t hva_to_pfn(host_mm *mm, hva_t hva, bint write_fault, bint *writable) noexcept nogil
 cdef pfn_t gfn_to_pfn_memslot(const kvm_memory_slot *slot, gfn_t gfn, bint write_fault,
                               bint *writable, host_mm *mm) noexcept nogil

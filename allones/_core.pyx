@@ -17,8 +17,9 @@ from libc.errno cimport EEXIST, EINVAL, ENOMEM, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memmove, memset
-from posix.mman cimport (MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE,
-                         mmap, mprotect, munmap)
+from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_NORESERVE, MAP_PRIVATE,
+                         PROT_NONE, PROT_READ, PROT_WRITE, madvise, mmap, mprotect, munmap)
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import numpy as np
 
@@ -73,10 +74,10 @@ cdef int32_t search_memslots(kvm_memslots *slots, gfn_t gfn, lookup_stats *st) n
     and remember a hit. The cache is a hint shared by all readers, hence relaxed atomics.
     """
     cdef int32_t i
-    if slots.used_slots == 0:
-        return -1
     if st != NULL:
         st.lookups += 1
+    if slots.used_slots == 0:
+        return -1
     i = allones_load_relaxed(&slots.last_used_slot)
     if slot_contains(&slots.memslots[i], gfn):
         if st != NULL:
@@ -409,7 +410,7 @@ cdef hva_t gfn_to_hva_memslot(const kvm_memory_slot *slot, gfn_t gfn,
     return slot.userspace_addr + (gfn - slot.base_gfn) * ALLONES_PAGE_SIZE
 
 
-cdef inline int32_t find_vma(host_mm *mm, hva_t hva) noexcept nogil:
+cdef int32_t find_vma(host_mm *mm, hva_t hva) noexcept nogil:
     """Index of the host mapping holding hva, or -1 (find_vma, with a last-used cache)."""
     cdef int32_t i
     if mm.nr_vmas == 0:
@@ -503,6 +504,7 @@ cdef class Memslots:
 
     def __cinit__(self, int as_id=0):
         self.as_id = as_id
+        self._bitmaps = {}
         if memslots_alloc(&self.c, 0):   # an empty generation: one gap tile, [0, 2^64)
             raise MemoryError()
         build_tiles(&self.c)
@@ -525,6 +527,10 @@ cdef class Memslots:
     cdef object _slot(self, int32_t i):
         cdef kvm_memory_slot *s = &self.c.memslots[i]
         return Memslot(s.id, s.base_gfn, s.npages, s.userspace_addr, s.flags)
+
+    def dirty_bitmap(self, int id):
+        """The dirty log of slot `id` (a uint8 per page, shared with the core), or None."""
+        return self._bitmaps.get(id)
 
     def get(self, int id):
         """The Memslot with this id, or None."""
@@ -587,28 +593,41 @@ cdef class Memslots:
 
 
 cdef class HostMapping:
-    """Real, page-aligned anonymous memory of the VMM: one mmap(2), with its frame numbers.
+    """Anonymous memory of the VMM: one mmap(2), page-aligned, with its frame numbers.
+
+    Materialized (the default): real memory, filled with `fill` if given (the time it took
+    is `fill_ns`). Not materialized ("accounting"): the address range is only reserved
+    (PROT_NONE, MAP_NORESERVE: no RAM), reads of it are the fill byte and writes are dropped,
+    so fleets larger than RAM keep the same counts. `thp`: the range is 2 MiB aligned and
+    advised for transparent huge pages, so a VM may map it with 2 MiB entries.
 
     The memory lives until the last reference goes (host, snapshots, buffer views), so a
-    reader can never see it freed. Reads through the buffer protocol are always allowed;
-    writes only when the mapping is PROT_WRITE (the buffer is then writable).
+    reader can never see it freed. Buffer views are writable only for PROT_WRITE mappings.
     """
 
-    def __cinit__(self, uint64_t size, pfn_t base_pfn, fill=None, uint32_t prot=PROT_READ | PROT_WRITE):
+    def __cinit__(self, uint64_t size, pfn_t base_pfn, fill=None,
+                  uint32_t prot=PROT_READ | PROT_WRITE, bint thp=False, bint materialize=True):
+        cdef timespec t0, t1
         if size == 0 or size & (ALLONES_PAGE_SIZE - 1):
             raise ValueError(f"size {size:#x} must be a positive multiple of the page size")
         if prot & ~(PROT_READ | PROT_WRITE) or not prot & PROT_READ:
             raise ValueError(f"prot {prot:#x}: PROT_READ, optionally with PROT_WRITE")
         if fill is not None and not 0 <= fill <= 0xff:
             raise ValueError(f"fill {fill!r} must be a byte value 0..255")
-        self.addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if self.addr == MAP_FAILED:
-            self.addr = NULL
-            raise MemoryError(f"mmap of {size:#x} bytes failed (errno {errno})")
         self.size, self.base_pfn, self.prot = size, base_pfn, prot
-        if fill:  # anonymous memory is already zero; 0 needs no touch
-            memset(self.addr, <int>fill, size)
-        if prot != PROT_READ | PROT_WRITE and mprotect(self.addr, size, prot) != 0:
+        self.fill = fill if fill is not None else 0
+        self.thp, self.materialized = thp, materialize
+        self.addr = map_anonymous(size, HPAGE_SIZE if thp else ALLONES_PAGE_SIZE, materialize)
+        if self.addr == NULL:
+            raise MemoryError(f"mmap of {size:#x} bytes failed (errno {errno})")
+        if thp and materialize:
+            madvise(self.addr, size, MADV_HUGEPAGE)   # a hint: THP may be off on the host
+        if materialize and self.fill:  # anonymous memory is already zero
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            memset(self.addr, self.fill, size)
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+            self.fill_ns = (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec)
+        if materialize and prot != PROT_READ | PROT_WRITE and mprotect(self.addr, size, prot) != 0:
             raise OSError(errno, "mprotect failed")
 
     def __dealloc__(self):
@@ -629,6 +648,8 @@ cdef class HostMapping:
         return bool(self.prot & PROT_WRITE)
 
     def __getbuffer__(self, Py_buffer *buf, int flags):
+        if not self.materialized:
+            raise BufferError("an accounting mapping has no memory")
         if flags & PyBUF_WRITABLE and not self.prot & PROT_WRITE:
             raise BufferError("the mapping is read-only (PROT_READ)")
         buf.buf = self.addr
@@ -647,8 +668,29 @@ cdef class HostMapping:
         pass
 
     def __repr__(self):
-        return (f"HostMapping(hva={self.hva:#x}, size={self.size:#x}, "
-                f"base_pfn={self.base_pfn:#x}, prot={self.prot})")
+        return (f"HostMapping(hva={self.hva:#x}, size={self.size:#x}, base_pfn={self.base_pfn:#x}, "
+                f"prot={self.prot}, fill={self.fill}, thp={self.thp}, materialized={self.materialized})")
+
+
+cdef void *map_anonymous(uint64_t size, uint64_t align, bint materialize) noexcept nogil:
+    """mmap `size` bytes at an `align`-aligned address: memory, or only reserved address space.
+
+    Over-maps by `align` and trims both ends, so exactly [addr, addr + size) stays mapped.
+    Returns NULL on failure.
+    """
+    cdef int prot = PROT_READ | PROT_WRITE if materialize else PROT_NONE
+    cdef int flags = MAP_PRIVATE | MAP_ANONYMOUS | (0 if materialize else MAP_NORESERVE)
+    cdef uint64_t span = size + (align - ALLONES_PAGE_SIZE)
+    cdef char *base = <char *>mmap(NULL, span, prot, flags, -1, 0)
+    cdef char *addr
+    if base == <char *>MAP_FAILED:
+        return NULL
+    addr = <char *>(((<uintptr_t>base) + align - 1) & ~(<uintptr_t>align - 1))
+    if addr > base:
+        munmap(base, addr - base)
+    if base + span > addr + size:
+        munmap(addr + size, (base + span) - (addr + size))
+    return addr
 
 
 cdef class HostMM:
@@ -669,7 +711,9 @@ cdef class HostMM:
             raise MemoryError()
         for i in range(n):
             m = ordered[i]
-            self.c.vmas[i] = host_vma(m.hva, m.npages, m.base_pfn, m.prot)
+            self.c.vmas[i] = host_vma(m.hva, m.npages, m.base_pfn, m.prot,
+                                      (VMA_THP if m.thp else 0) | (0 if m.materialized else VMA_ACCOUNTING),
+                                      m.fill)
             self.c.starts[i] = m.hva
         self.c.nr_vmas = n
         self.c.last_used_vma = 0
@@ -691,6 +735,25 @@ cdef class HostMM:
         cdef bint writable = False
         cdef pfn_t pfn = hva_to_pfn(&self.c, hva, write_fault, &writable)
         return pfn, bool(writable)
+
+
+cdef uint8_t *prepare_dirty_bitmap(Memslots old, Memslots new, int32_t old_index,
+                                   const kvm_memory_slot *slot) except? NULL:
+    """The new slot's dirty bitmap, as kvm_prepare_memory_region() decides it.
+
+    Logging off: none. Logging on in the old slot too (a move or flags change): the same
+    bitmap. Newly on: a fresh, clean one. `new._bitmaps` keeps whatever is returned alive.
+    """
+    cdef uint8_t[::1] bitmap
+    if not slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
+        new._bitmaps.pop(slot.id, None)
+        return NULL
+    if old_index >= 0 and old.c.memslots[old_index].dirty_bitmap != NULL:
+        return old.c.memslots[old_index].dirty_bitmap
+    array = np.zeros(slot.npages, dtype=np.uint8)
+    new._bitmaps[slot.id] = array
+    bitmap = array
+    return &bitmap[0]
 
 
 cdef class VMCore:
@@ -745,6 +808,11 @@ cdef class VMCore:
         if rc or chg.change == KVM_MR_NONE:
             return rc, rule, KVM_MR_NONE
         new = Memslots.__new__(Memslots, old.as_id)
+        new._bitmaps = dict(old._bitmaps)
+        chg.new.dirty_bitmap = NULL if chg.change == KVM_MR_DELETE else \
+            prepare_dirty_bitmap(old, new, chg.old_index, &chg.new)
+        if chg.change == KVM_MR_DELETE:
+            new._bitmaps.pop(chg.new.id, None)
         memslots_free(&new.c)
         rc = commit_memory_region(&old.c, &chg, &new.c)
         if rc:

@@ -7,9 +7,13 @@ VMs are made with `allones.VM(host)`.
 """
 
 import operator
+import weakref
 
 from . import _core
 from .constants import PAGE_SIZE, PROT_READ, PROT_WRITE
+
+HPAGE_SIZE = 2 << 20
+PAGES_PER_HPAGE = HPAGE_SIZE // PAGE_SIZE
 
 # Where the host's frame numbers start: any value works; this one keeps pfns visibly
 # apart from guest frame numbers in output and tests.
@@ -25,22 +29,32 @@ class Host:
         bit2: what flag bit 2 means on this kernel: "allones" (the RFC's KVM_MEM_ALLONES,
             with one shared read-only 0xff page) or "pci_hole" (the v2's KVM_MEM_PCI_HOLE:
             no page; reads are emulated in KVM).
-        phys_bits: the host's MAXPHYADDR; memslots must end below 1 << phys_bits
-            (x86 kvm_mmu_max_gfn()).
+        phys_bits: the host's MAXPHYADDR, 13..48; memslots must end below 1 << phys_bits
+            (x86 kvm_mmu_max_gfn()), and a 4-level stage-2 table maps 48 bits.
+        materialize: True to back `mmap` with real memory; False for accounting only
+            (address space reserved, no RAM; reads give the fill byte, writes are dropped),
+            for fleets larger than RAM. Every counter is the same either way.
     """
 
-    def __init__(self, *, bit2: str = "allones", phys_bits: int = 46):
+    def __init__(self, *, bit2: str = "allones", phys_bits: int = 46, materialize: bool = True):
         if bit2 not in BIT2_MEANINGS:
             raise ValueError(f"bit2={bit2!r}: expected one of {BIT2_MEANINGS}")
-        if not 13 <= phys_bits <= 52:
-            raise ValueError(f"phys_bits={phys_bits}: expected 13..52")
+        if not 13 <= phys_bits <= 48:
+            raise ValueError(f"phys_bits={phys_bits}: expected 13..48")
         self.bit2 = bit2
         self.phys_bits = phys_bits
+        self.materialize = bool(materialize)
         self._next_pfn = FIRST_PFN
         self._mappings: dict[int, _core.HostMapping] = {}
+        self._vms = weakref.WeakSet()
+        self.fill_ns = 0
         # kvm_init(): alloc_page, memset 0xff, vmap PAGE_KERNEL_RO. Here: real memory,
         # filled, then mprotect(PROT_READ), so a write through it faults (SIGSEGV).
         self.allones_page = self._new_mapping(PAGE_SIZE, 0xFF, PROT_READ) if bit2 == "allones" else None
+        # Beyond the patch, made when the first VM that uses them is: a shared 2 MiB
+        # all-ones page, and one shared level-1 table whose 512 entries map the 0xff page.
+        self.allones_hugepage = None
+        self.shared_pt_pages = 0
         self.mm = _core.HostMM((), self.allones_page)
 
     @property
@@ -58,25 +72,32 @@ class Host:
         """Frame of the shared all-ones page, or None on a v2 host."""
         return self.allones_page.base_pfn if self.allones_page is not None else None
 
-    def _new_mapping(self, size, fill, prot) -> _core.HostMapping:
+    def _new_mapping(self, size, fill, prot, thp=False, materialize=True) -> _core.HostMapping:
         size = _page_multiple("size", size)
-        mapping = _core.HostMapping(size, self._next_pfn, fill, prot)
+        if thp:  # a 2 MiB leaf needs a 2 MiB-aligned pfn
+            self._next_pfn = -(-self._next_pfn // PAGES_PER_HPAGE) * PAGES_PER_HPAGE
+        mapping = _core.HostMapping(size, self._next_pfn, fill, prot, thp, materialize)
         self._next_pfn += size // PAGE_SIZE
         return mapping
 
-    def mmap(self, size: int, fill: int | None = None, prot: int = PROT_READ | PROT_WRITE) -> _core.HostMapping:
-        """Map `size` bytes of real anonymous memory for the VMM, as mmap(2) does.
+    def mmap(self, size: int, fill: int | None = None, prot: int = PROT_READ | PROT_WRITE,
+             thp: bool = False) -> _core.HostMapping:
+        """Map `size` bytes of anonymous memory for the VMM, as mmap(2) does.
 
         Args:
             size: bytes, a positive multiple of PAGE_SIZE.
             fill: a byte to fill every page with (touching them), or None to leave the
                 memory zero and untouched (it costs no RAM until written).
             prot: PROT_READ, or PROT_READ | PROT_WRITE.
+            thp: align to 2 MiB and back with transparent huge pages (madvise), so VMs
+                can map it with 2 MiB stage-2 entries.
 
         Returns the HostMapping; its `hva` is the address to pass as `userspace_addr`.
+        On an accounting host it has no memory (see `materialize`).
         Raises ValueError for a bad size, fill or prot; MemoryError if mmap fails.
         """
-        mapping = self._new_mapping(size, fill, prot)
+        mapping = self._new_mapping(size, fill, prot, bool(thp), self.materialize)
+        self.fill_ns += mapping.fill_ns
         self._mappings[mapping.hva] = mapping
         self._publish()
         return mapping
@@ -88,9 +109,12 @@ class Host:
         then fail with EFAULT. Readers holding an older snapshot keep the memory alive.
         Raises ValueError if no mapping starts at hva.
         """
-        if self._mappings.pop(hva, None) is None:
+        mapping = self._mappings.pop(hva, None)
+        if mapping is None:
             raise ValueError(f"no mapping starts at hva {hva:#x}")
         self._publish()
+        for vm in list(self._vms):  # the MMU notifier: no VM keeps a mapping of it
+            vm._invalidate_hva_range(mapping.hva, mapping.hva + mapping.size)
 
     def _publish(self) -> None:
         # A new immutable generation, swapped in whole: translation never sees a half-made one.
@@ -103,9 +127,26 @@ class Host:
 
     @property
     def nr_frames(self) -> int:
-        """Host frames in use: every mapped page plus the shared all-ones page."""
+        """Host data frames in use: every mapped page, the shared all-ones page, and the
+        shared 2 MiB all-ones page once made."""
         pages = sum(m.npages for m in self._mappings.values())
-        return pages + (1 if self.allones_page is not None else 0)
+        pages += 1 if self.allones_page is not None else 0
+        return pages + (PAGES_PER_HPAGE if self.allones_hugepage is not None else 0)
+
+    @property
+    def fill_seconds(self) -> float:
+        """Time the VMM's mmap fills took (real fills only: accounting hosts fill nothing)."""
+        return self.fill_ns / 1e9
+
+    def _register_vm(self, vm, allones_map: str) -> None:
+        """Know a new VM (for munmap's notifier) and make the shared pages it needs."""
+        self._vms.add(vm)
+        if allones_map != "4k" and self.allones_page is None:
+            raise ValueError(f"allones_map={allones_map!r} needs the all-ones page: a bit2='allones' host")
+        if allones_map == "hugepage" and self.allones_hugepage is None:
+            self.allones_hugepage = self._new_mapping(HPAGE_SIZE, 0xFF, PROT_READ, thp=True)
+        if allones_map == "shared-pt":
+            self.shared_pt_pages = 1
 
     def hva_to_pfn(self, hva: int, write_fault: bool = False) -> tuple[int, bool]:
         """(pfn, writable) behind a VMM address, or (KVM_PFN_ERR_FAULT, False)."""

@@ -10,12 +10,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _core
+from . import _core, _mmu
 from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_CAP_ALLONES_MEM, KVM_CAP_MULTI_ADDRESS_SPACE,
                         KVM_CAP_NR_MEMSLOTS, KVM_CAP_PCI_HOLE_MEM, KVM_CAP_READONLY_MEM,
-                        KVM_CAP_SYNC_MMU, KVM_CAP_USER_MEMORY, KVM_MEM_MAX_NR_PAGES,
-                        KVM_USER_MEM_SLOTS, PAGE_SHIFT, kvm_is_error_hva)
-from .errors import BadAddress, error_for
+                        KVM_CAP_SYNC_MMU, KVM_CAP_USER_MEMORY, KVM_MEM_ALLONES,
+                        KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, KVM_USER_MEM_SLOTS,
+                        PAGE_SHIFT, PAGE_SIZE, kvm_is_error_hva)
+from .errors import BadAddress, InvalidArgument, NoMemory, error_for
 from .host import Host
 
 Memslot = _core.Memslot
@@ -53,6 +54,19 @@ _RULE_TEXT = {
 }
 
 
+PREFAULT_POLICIES = ("on-demand", "whole-slot")
+ALLONES_MAPS = ("4k", "shared-pt", "hugepage")
+EXIT_DTYPE = _mmu.EXIT_DTYPE
+
+
+class RunResult(NamedTuple):
+    """What `VM.run` gives back."""
+
+    values: np.ndarray     # uint64: read values filled in; written values as given
+    stats: dict            # the run's counters (see VM.run)
+    exits: np.ndarray | None   # EXIT_DTYPE records of MMIO and emulated exits, if asked
+
+
 class Translation(NamedTuple):
     """gfn_to_pfn over an array: one pfn and one writable flag per gfn."""
 
@@ -68,11 +82,33 @@ class VM(_core.VMCore):
     memslots generation in one step: readers see the old table or the new, never a mix.
     """
 
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, *, prefault: str = "on-demand", allones_map: str = "4k"):
+        """Args:
+            host: the Host the VM runs on.
+            prefault: "on-demand" (a fault maps one page) or "whole-slot" (the series'
+                follow-up: the first read fault in an all-ones slot maps all of it).
+            allones_map: how all-ones slots are mapped: "4k" (the RFC), "shared-pt" (one
+                shared level-1 table of 512 entries to the 0xff page, per host) or
+                "hugepage" (a shared 2 MiB all-ones page, 2 MiB entries); the last two
+                where a slot covers an aligned 2 MiB region.
+        """
         if not isinstance(host, Host):
             raise TypeError(f"host must be an allones.Host, not {type(host).__name__}")
+        if prefault not in PREFAULT_POLICIES:
+            raise ValueError(f"prefault={prefault!r}: expected one of {PREFAULT_POLICIES}")
+        if allones_map not in ALLONES_MAPS:
+            raise ValueError(f"allones_map={allones_map!r}: expected one of {ALLONES_MAPS}")
         self.host = host
+        self.prefault, self.allones_map = prefault, allones_map
         self._configure(host.pci_hole, host.phys_bits)
+        host._register_vm(self, allones_map)
+        self._stage2 = [_mmu.Stage2(as_id) for as_id in range(KVM_ADDRESS_SPACE_NUM)]
+        huge = host.allones_hugepage
+        self._mmu_config = dict(
+            prefault=PREFAULT_POLICIES.index(prefault), allones_map=ALLONES_MAPS.index(allones_map),
+            pci_hole=host.pci_hole, allones_hva=host.allones_hva or 0, allones_pfn=host.allones_pfn or 0,
+            allones_huge_hva=huge.hva if huge is not None else 0,
+            allones_huge_pfn=huge.base_pfn if huge is not None else 0)
 
     # --- KVM_SET_USER_MEMORY_REGION / KVM_CHECK_EXTENSION ---
 
@@ -96,6 +132,8 @@ class VM(_core.VMCore):
         gpa = _field("guest_phys_addr", guest_phys_addr, 64)
         size = _field("memory_size", memory_size, 64)
         hva = _field("userspace_addr", userspace_addr, 64)
+        as_id = slot >> 16
+        old = self.memslots(as_id).get(slot & 0xFFFF) if as_id < KVM_ADDRESS_SPACE_NUM else None
         rc, rule, change = self._set_user_memory_region(slot, flags, gpa, size, hva)
         if rc:
             gfn, npages = gpa >> PAGE_SHIFT, size >> PAGE_SHIFT
@@ -104,7 +142,11 @@ class VM(_core.VMCore):
                 npages=npages, gfn=gfn, end=gfn + npages, last=gfn + npages - 1,
                 max_gfn=(1 << (self.host.phys_bits - PAGE_SHIFT)) - 1)
             raise error_for(-rc, text, rule.name)
-        return Change(change)
+        change = Change(change)
+        if change in (Change.KVM_MR_DELETE, Change.KVM_MR_MOVE, Change.KVM_MR_FLAGS_ONLY):
+            # kvm_arch_flush_shadow_memslot(): no mapping of the old slot survives.
+            self._stage2[as_id].zap(old.base_gfn, old.base_gfn + old.npages)
+        return change
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM: >0 if supported (a count where the cap is one)."""
@@ -156,6 +198,116 @@ class VM(_core.VMCore):
         pfn, writable = self.memslots(as_id).translate(self.host.mm, as_gfns(gfns), write)
         return Translation(pfn, writable)
 
+    # --- the access engine ---
+
+    def run(self, gpas, sizes=4, is_write=False, values=None, *, on_mmio=None, mmio_gfns=None,
+            record_exits: bool = False, as_id: int = 0) -> RunResult:
+        """Replay guest accesses through the stage-2 table, faults and exits; no GIL inside.
+
+        Args:
+            gpas: guest physical addresses (1-D integer array).
+            sizes: 1, 2, 4 or 8 bytes, per access or for all. An access may be unaligned
+                but may not cross a 4 KiB page (the batch is refused: issue it as two).
+            is_write: per access or for all.
+            values: values to write (reads ignore theirs); uint64, copied, not modified.
+            on_mmio: called as on_mmio(gpa, size, is_write, value) for KVM_EXIT_MMIO exits
+                (with mmio_gfns, only for exits at those gfns); its result answers a read
+                (None: all-ones). Other exits get the hole answer: reads all-ones, writes
+                dropped. It may change memslots or host mappings between exits.
+            record_exits: also return every exit (EXIT_DTYPE: index, gpa, value, size, is_write).
+            as_id: the address space (1: SMM).
+
+        Returns RunResult(values, stats, exits). stats counts accesses, reads, writes,
+        tlb_hits, faults, prefaulted, exits_mmio, exits_emulated, memslot_lookups,
+        memslot_cache_hits, mapped_4k, mapped_2m, table_pages_allocated, table_pages_freed,
+        rfc_topup_shortfall, bytes_read, bytes_written.
+        Raises:
+            ValueError / TypeError: bad arrays or accesses (nothing ran).
+            BadAddress (EFAULT): access `exc.index` has no host memory behind it, as
+                KVM_RUN fails; `exc.stats` counts what ran before it (mappings made stay).
+            NoMemory (ENOMEM): a table page could not be allocated.
+        """
+        gpas = _as_u64("gpas", gpas)
+        n = len(gpas)
+        sizes = _broadcast("sizes", sizes, n, np.uint8)
+        is_write = _broadcast("is_write", is_write, n, np.uint8)
+        values = np.zeros(n, dtype=np.uint64) if values is None else _as_u64("values", values).copy()
+        if mmio_gfns is not None:
+            mmio_gfns = np.unique(_as_u64("mmio_gfns", mmio_gfns))
+        self.memslots(as_id)   # checks as_id
+        try:
+            stats, exits = _mmu.run(self._stage2[as_id], lambda: self.memslots(as_id),
+                                    lambda: self.host.mm, self._mmu_config, gpas, sizes,
+                                    is_write, values, on_mmio, mmio_gfns, record_exits)
+        except _mmu.RunStopped as stop:
+            cls = BadAddress if stop.errno == BadAddress.code else NoMemory
+            exc = cls(f"access {stop.index} (gpa {int(gpas[stop.index]):#x}) has no host memory "
+                      "behind it (KVM_RUN: EFAULT)" if cls is BadAddress else
+                      f"no memory for a stage-2 table page at access {stop.index}", "kvm_mmu_page_fault")
+            exc.index, exc.stats = stop.index, stop.stats
+            raise exc from None
+        return RunResult(values, stats, exits)
+
+    def read(self, gpa: int, size: int = 4, as_id: int = 0) -> int:
+        """One guest read of `size` bytes at gpa (see run)."""
+        return int(self.run([gpa], size, False, as_id=as_id).values[0])
+
+    def write(self, gpa: int, value: int, size: int = 4, as_id: int = 0) -> None:
+        """One guest write of `size` bytes at gpa (see run)."""
+        self.run([gpa], size, True, [value & ((1 << (8 * size)) - 1)], as_id=as_id)
+
+    def get_dirty_log(self, slot: int) -> np.ndarray:
+        """KVM_GET_DIRTY_LOG: the pages of `slot` (as_id << 16 | id) dirtied since the last
+        call, as a bool array; the marks are cleared and those pages write-protected, so the
+        next write to each faults and marks it again.
+
+        Raises InvalidArgument (EINVAL) if the slot does not exist or is not dirty-logged.
+        """
+        slot = _field("slot", slot, 32)
+        as_id, slot_id = slot >> 16, slot & 0xFFFF
+        memslots = self.memslots(as_id) if as_id < KVM_ADDRESS_SPACE_NUM else None
+        bitmap = memslots.dirty_bitmap(slot_id) if memslots is not None else None
+        if bitmap is None:
+            raise InvalidArgument(f"kvm_get_dirty_log: slot {as_id}:{slot_id} does not exist or has "
+                                  "no KVM_MEM_LOG_DIRTY_PAGES", "kvm_get_dirty_log")
+        dirty = bitmap.astype(bool)
+        self._stage2[as_id].write_protect(bitmap, memslots.get(slot_id).base_gfn)
+        bitmap[:] = 0
+        return dirty
+
+    # --- the stage-2 table, for tests and reports ---
+
+    def walk(self, gfn: int, as_id: int = 0) -> tuple[int, bool, int] | None:
+        """(pfn, writable, level) of the stage-2 leaf mapping gfn (level 1: 4 KiB, 2: 2 MiB),
+        or None."""
+        self.memslots(as_id)
+        return self._stage2[as_id].walk(gfn, self.host.mm, self._mmu_config)
+
+    def table_pages(self, as_id: int = 0) -> tuple[int, int, int, int]:
+        """Stage-2 table pages by level (L1, L2, L3, L4): this VM's page-table memory is
+        4 KiB each (the host's shared pages are counted on the Host)."""
+        self.memslots(as_id)
+        return self._stage2[as_id].table_pages()
+
+    def recount_table_pages(self, as_id: int = 0) -> tuple[int, int, int, int]:
+        """table_pages, counted again by walking the table (for invariant checks)."""
+        self.memslots(as_id)
+        return self._stage2[as_id].recount_table_pages()
+
+    def _invalidate_hva_range(self, start: int, end: int) -> None:
+        """The MMU notifier (kvm_mmu_notifier_invalidate_range_start): unmap the gfns whose
+        backing lies in [start, end)."""
+        for as_id in range(KVM_ADDRESS_SPACE_NUM):
+            for s in self.memslots(as_id):
+                if s.flags & KVM_MEM_ALLONES:
+                    continue
+                lo = max(start, s.userspace_addr)
+                hi = min(end, s.userspace_addr + s.npages * PAGE_SIZE)
+                if lo < hi:
+                    first = s.base_gfn + ((lo - s.userspace_addr) >> PAGE_SHIFT)
+                    last = s.base_gfn + ((hi - 1 - s.userspace_addr) >> PAGE_SHIFT)
+                    self._stage2[as_id].zap(first, last + 1)
+
     def __repr__(self):
         return f"VM(memslots={[len(self.memslots(a)) for a in range(KVM_ADDRESS_SPACE_NUM)]}, host={self.host!r})"
 
@@ -165,18 +317,36 @@ def as_gfns(gfns) -> np.ndarray:
 
     Raises TypeError for a non-integer dtype, ValueError for negative values or ndim != 1.
     """
-    arr = np.asarray(gfns)
+    return _as_u64("gfns", gfns)
+
+
+def _as_u64(name: str, values) -> np.ndarray:
+    arr = np.asarray(values)
     if arr.ndim != 1:
-        raise ValueError(f"gfns must be 1-D, got shape {arr.shape}")
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.dtype == np.uint64:
         return np.ascontiguousarray(arr)
     if arr.size == 0:
         return np.empty(0, dtype=np.uint64)
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"gfns must be integers, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
     if arr.dtype.kind == "i" and arr.min() < 0:
-        raise ValueError("gfns must be non-negative")
+        raise ValueError(f"{name} must be non-negative")
     return arr.astype(np.uint64)
+
+
+def _broadcast(name: str, value, n: int, dtype) -> np.ndarray:
+    """A per-access array of n entries from an array or one value for all."""
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        arr = np.full(n, arr)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ValueError(f"{name} must be one value or {n} values, got shape {arr.shape}")
+    if arr.dtype.kind not in "iub":
+        raise TypeError(f"{name} must be integers or booleans, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
+        raise ValueError(f"{name} has values outside 0..{np.iinfo(dtype).max}")
+    return np.ascontiguousarray(arr, dtype=dtype)
 
 
 def _field(name: str, value, bits: int) -> int:
