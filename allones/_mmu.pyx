@@ -291,6 +291,7 @@ cdef enum fault_result:
     FAULT_EMULATED                # read emulated in KVM (v2 PCI_HOLE): all-ones
     FAULT_EFAULT                  # KVM_RUN fails with EFAULT (no host memory)
     FAULT_ENOMEM                  # a table page could not be allocated
+    FAULT_NEED_HUGEPAGE           # undone: the host's 2 MiB all-ones page must be made first
 
 
 cdef struct run_ctx:
@@ -307,6 +308,7 @@ cdef struct run_ctx:
     Py_ssize_t nr_mmio_gfns       # (-1: all of them; 0 with no handler: none)
     exit_record *exits            # NULL unless recording
     Py_ssize_t nr_exits
+    bint used_shared_pt           # a shared-pt entry was installed
     run_stats st
 
 
@@ -355,6 +357,9 @@ cdef int map_allones(run_ctx *r, const kvm_memory_slot *slot, gfn_t gfn) noexcep
     cdef int rc
     if whole:
         lo, hi = slot.base_gfn, slot_end
+    if r.cfg.allones_map == ALLONES_MAP_HUGEPAGE and r.cfg.allones_huge_hva == 0 and \
+            has_whole_region(lo, hi, slot.base_gfn, slot_end):
+        return NEED_HUGEPAGE   # made on first use: the caller makes it and retries
     g = lo
     while g < hi:
         region = g & ~(<gfn_t>PAGES_PER_HPAGE - 1)
@@ -362,6 +367,7 @@ cdef int map_allones(run_ctx *r, const kvm_memory_slot *slot, gfn_t gfn) noexcep
                 region + PAGES_PER_HPAGE <= slot_end:
             rc = s2_map_2m(r.s2, region, allones_region_spte(&r.cfg),
                            allones_region_data(&r.cfg), &r.st)
+            r.used_shared_pt |= rc == 0 and r.cfg.allones_map == ALLONES_MAP_SHARED_PT
             g = region + PAGES_PER_HPAGE
         else:
             chunk_end = min(hi, region + PAGES_PER_HPAGE)
@@ -383,6 +389,19 @@ cdef int map_allones(run_ctx *r, const kvm_memory_slot *slot, gfn_t gfn) noexcep
     return 0
 
 
+cdef enum:
+    NEED_HUGEPAGE = 1             # map_allones: the host's 2 MiB all-ones page is not made yet
+
+
+cdef inline bint has_whole_region(gfn_t lo, gfn_t hi, gfn_t base, gfn_t end) noexcept nogil:
+    """Does [lo, hi) touch a 2 MiB-aligned region lying wholly in the slot [base, end)?"""
+    cdef gfn_t first = (max(lo, base) + PAGES_PER_HPAGE - 1) & ~(<gfn_t>PAGES_PER_HPAGE - 1)
+    if first + PAGES_PER_HPAGE <= end and first < hi:
+        return True
+    first = lo & ~(<gfn_t>PAGES_PER_HPAGE - 1)     # lo's own region
+    return first >= base and first + PAGES_PER_HPAGE <= end
+
+
 cdef inline uint64_t allones_region_spte(const mmu_config *cfg) noexcept nogil:
     if cfg.allones_map == ALLONES_MAP_SHARED_PT:
         return SPTE_PRESENT | SPTE_SHARED_PT
@@ -401,6 +420,8 @@ cdef fault_result handle_fault(run_ctx *r, gfn_t gfn, bint write) noexcept nogil
     cdef bint writable
     cdef pfn_t pfn
     cdef int rc
+    cdef run_stats before = r.st
+    cdef int32_t cache_before = r.slots.last_used_slot
     r.st.faults += 1
     i = search_memslots(r.slots, gfn, &ls)
     r.st.memslot_lookups += ls.lookups
@@ -417,6 +438,11 @@ cdef fault_result handle_fault(run_ctx *r, gfn_t gfn, bint write) noexcept nogil
         return FAULT_EFAULT
     if slot.flags & KVM_MEM_ALLONES:
         rc = map_allones(r, slot, gfn)
+        if rc == NEED_HUGEPAGE:
+            # Undone whole (counters, memslot cache): taken again once the page exists.
+            r.st = before
+            r.slots.last_used_slot = cache_before
+            return FAULT_NEED_HUGEPAGE
     else:
         rc = map_normal(r, slot, gfn, pfn, writable)
     return FAULT_ENOMEM if rc < 0 else FAULT_MAPPED
@@ -431,6 +457,7 @@ cdef enum run_stop:
     RUN_HANDLER                   # access k exited; the Python handler must answer it
     RUN_EFAULT                    # access k has no host memory: KVM_RUN's EFAULT
     RUN_ENOMEM
+    RUN_HUGEPAGE                  # access k needs the host's 2 MiB all-ones page made
 
 
 cdef inline uint64_t size_mask(int size) noexcept nogil:
@@ -527,7 +554,8 @@ cdef run_stop run_loop(run_ctx *r, Py_ssize_t *pos) noexcept nogil:
             record_exit(r, k, hole)
         else:
             pos[0] = k
-            return RUN_EFAULT if fr == FAULT_EFAULT else RUN_ENOMEM
+            return RUN_EFAULT if fr == FAULT_EFAULT else (
+                RUN_HUGEPAGE if fr == FAULT_NEED_HUGEPAGE else RUN_ENOMEM)
     pos[0] = r.n
     return RUN_DONE
 
@@ -555,11 +583,12 @@ cdef Py_ssize_t check_accesses(const uint64_t *gpas, const uint8_t *sizes, Py_ss
 # ---------------------------------------------------------------------------------------
 
 class RunStopped(Exception):
-    """Internal: the run stopped early (carries index, errno and stats)."""
+    """Internal: the run stopped early (carries index, errno, stats and used_shared_pt)."""
 
-    def __init__(self, index, errno, stats):
+    def __init__(self, index, errno, stats, used_shared_pt):
         super().__init__(index, errno, stats)
         self.index, self.errno, self.stats = index, errno, stats
+        self.used_shared_pt = used_shared_pt
 
 
 cdef class Stage2:
@@ -615,14 +644,17 @@ cdef mmu_config make_config(dict v):
     return cfg
 
 
-def run(Stage2 s2 not None, slots_of, mm_of, dict cfg_values,
+def run(Stage2 s2 not None, slots_of, mm_of, cfg_of,
         const uint64_t[::1] gpas not None, const uint8_t[::1] sizes not None,
         const uint8_t[::1] is_write not None, uint64_t[::1] values not None,
-        on_mmio, const uint64_t[::1] mmio_gfns, bint record_exits):
-    """Replay accesses; see allones.vm.VM.run. slots_of() and mm_of() give the current
-    Memslots and HostMM (asked again after each Python handler call, which may change them).
+        on_mmio, const uint64_t[::1] mmio_gfns, bint record_exits, make_hugepage):
+    """Replay accesses; see allones.vm.VM.run. slots_of(), mm_of() and cfg_of() give the
+    current Memslots, HostMM and config dict; they are asked again whenever the run resumes
+    after Python ran (an exit handler may change memslots or mappings; make_hugepage()
+    makes the host's 2 MiB all-ones page on its first use).
 
-    Returns (stats dict, exits array or None). Raises RunStopped(index, errno, stats).
+    Returns (stats dict, exits array or None, whether a shared-pt entry was installed).
+    Raises RunStopped(index, errno, stats).
     """
     cdef run_ctx r
     cdef Py_ssize_t pos = 0, bad
@@ -641,7 +673,6 @@ def run(Stage2 s2 not None, slots_of, mm_of, dict cfg_values,
                   3: "gpa beyond the 48 bits a 4-level table maps"}[why]
         raise ValueError(f"access {bad} (gpa {gpas[bad]:#x}, size {sizes[bad]}): {reason}")
     exits = np.zeros(n, dtype=EXIT_DTYPE) if record_exits else None
-    r.cfg = make_config(cfg_values)
     r.s2 = &s2.c
     r.gpas = &gpas[0] if n else NULL
     r.sizes = &sizes[0] if n else NULL
@@ -655,22 +686,24 @@ def run(Stage2 s2 not None, slots_of, mm_of, dict cfg_values,
         exit_bytes = exits.view(np.uint8)   # EXIT_DTYPE has exit_record's layout
         r.exits = <exit_record *>&exit_bytes[0]
     r.nr_exits = 0
+    r.used_shared_pt = False
     memset_stats(&r.st)
     while True:
         slots, mm = slots_of(), mm_of()   # held across the nogil run: never freed under it
-        r.slots, r.mm = &slots.c, &mm.c
+        r.slots, r.mm, r.cfg = &slots.c, &mm.c, make_config(cfg_of())
         with nogil:
             stop = run_loop(&r, &pos)
-        if stop != RUN_HANDLER:
+        if stop == RUN_HANDLER:
+            answer_exit(&r, pos, on_mmio)
+            pos += 1
+        elif stop == RUN_HUGEPAGE:
+            make_hugepage()
+        else:
             break
-        answer_exit(&r, pos, on_mmio)
-        pos += 1
     stats = {name: int(v) for name, v in zip(STAT_NAMES, stats_tuple(&r.st))}
-    if stop == RUN_EFAULT:
-        raise RunStopped(pos, EFAULT, stats)
-    if stop == RUN_ENOMEM:
-        raise RunStopped(pos, ENOMEM, stats)
-    return stats, exits[:r.nr_exits] if exits is not None else None
+    if stop == RUN_EFAULT or stop == RUN_ENOMEM:
+        raise RunStopped(pos, EFAULT if stop == RUN_EFAULT else ENOMEM, stats, bool(r.used_shared_pt))
+    return stats, exits[:r.nr_exits] if exits is not None else None, bool(r.used_shared_pt)
 
 
 cdef void answer_exit(run_ctx *r, Py_ssize_t k, on_mmio) except *:

@@ -51,8 +51,8 @@ class Host:
         # kvm_init(): alloc_page, memset 0xff, vmap PAGE_KERNEL_RO. Here: real memory,
         # filled, then mprotect(PROT_READ), so a write through it faults (SIGSEGV).
         self.allones_page = self._new_mapping(PAGE_SIZE, 0xFF, PROT_READ) if bit2 == "allones" else None
-        # Beyond the patch, made when the first VM that uses them is: a shared 2 MiB
-        # all-ones page, and one shared level-1 table whose 512 entries map the 0xff page.
+        # Beyond the patch, made on first use by a VM: a shared 2 MiB all-ones page, and one
+        # shared level-1 table whose 512 entries map the 0xff page.
         self.allones_hugepage = None
         self.shared_pt_pages = 0
         self.mm = _core.HostMM((), self.allones_page)
@@ -139,14 +139,15 @@ class Host:
         return self.fill_ns / 1e9
 
     def _register_vm(self, vm, allones_map: str) -> None:
-        """Know a new VM (for munmap's notifier) and make the shared pages it needs."""
-        self._vms.add(vm)
+        """Know a new VM (for munmap's notifier)."""
         if allones_map != "4k" and self.allones_page is None:
             raise ValueError(f"allones_map={allones_map!r} needs the all-ones page: a bit2='allones' host")
-        if allones_map == "hugepage" and self.allones_hugepage is None:
+        self._vms.add(vm)
+
+    def _make_allones_hugepage(self) -> None:
+        """The shared 2 MiB all-ones page, made when a VM first maps it (real, read-only)."""
+        if self.allones_hugepage is None:
             self.allones_hugepage = self._new_mapping(HPAGE_SIZE, 0xFF, PROT_READ, thp=True)
-        if allones_map == "shared-pt":
-            self.shared_pt_pages = 1
 
     def hva_to_pfn(self, hva: int, write_fault: bool = False) -> tuple[int, bool]:
         """(pfn, writable) behind a VMM address, or (KVM_PFN_ERR_FAULT, False)."""

@@ -103,10 +103,14 @@ class VM(_core.VMCore):
         self._configure(host.pci_hole, host.phys_bits)
         host._register_vm(self, allones_map)
         self._stage2 = [_mmu.Stage2(as_id) for as_id in range(KVM_ADDRESS_SPACE_NUM)]
-        huge = host.allones_hugepage
-        self._mmu_config = dict(
-            prefault=PREFAULT_POLICIES.index(prefault), allones_map=ALLONES_MAPS.index(allones_map),
-            pci_hole=host.pci_hole, allones_hva=host.allones_hva or 0, allones_pfn=host.allones_pfn or 0,
+
+    def _mmu_config(self) -> dict:
+        """What the engine needs to know of this VM and its host, as it is now."""
+        host, huge = self.host, self.host.allones_hugepage
+        return dict(
+            prefault=PREFAULT_POLICIES.index(self.prefault),
+            allones_map=ALLONES_MAPS.index(self.allones_map), pci_hole=host.pci_hole,
+            allones_hva=host.allones_hva or 0, allones_pfn=host.allones_pfn or 0,
             allones_huge_hva=huge.hva if huge is not None else 0,
             allones_huge_pfn=huge.base_pfn if huge is not None else 0)
 
@@ -236,16 +240,21 @@ class VM(_core.VMCore):
             mmio_gfns = np.unique(_as_u64("mmio_gfns", mmio_gfns))
         self.memslots(as_id)   # checks as_id
         try:
-            stats, exits = _mmu.run(self._stage2[as_id], lambda: self.memslots(as_id),
-                                    lambda: self.host.mm, self._mmu_config, gpas, sizes,
-                                    is_write, values, on_mmio, mmio_gfns, record_exits)
+            stats, exits, used_shared_pt = _mmu.run(
+                self._stage2[as_id], lambda: self.memslots(as_id), lambda: self.host.mm,
+                self._mmu_config, gpas, sizes, is_write, values, on_mmio, mmio_gfns,
+                record_exits, self.host._make_allones_hugepage)
         except _mmu.RunStopped as stop:
+            if stop.used_shared_pt:
+                self.host.shared_pt_pages = 1
             cls = BadAddress if stop.errno == BadAddress.code else NoMemory
             exc = cls(f"access {stop.index} (gpa {int(gpas[stop.index]):#x}) has no host memory "
                       "behind it (KVM_RUN: EFAULT)" if cls is BadAddress else
                       f"no memory for a stage-2 table page at access {stop.index}", "kvm_mmu_page_fault")
             exc.index, exc.stats = stop.index, stop.stats
             raise exc from None
+        if used_shared_pt:
+            self.host.shared_pt_pages = 1   # the host's one shared table, made on first use
         return RunResult(values, stats, exits)
 
     def read(self, gpa: int, size: int = 4, as_id: int = 0) -> int:
@@ -281,7 +290,7 @@ class VM(_core.VMCore):
         """(pfn, writable, level) of the stage-2 leaf mapping gfn (level 1: 4 KiB, 2: 2 MiB),
         or None."""
         self.memslots(as_id)
-        return self._stage2[as_id].walk(gfn, self.host.mm, self._mmu_config)
+        return self._stage2[as_id].walk(gfn, self.host.mm, self._mmu_config())
 
     def table_pages(self, as_id: int = 0) -> tuple[int, int, int, int]:
         """Stage-2 table pages by level (L1, L2, L3, L4): this VM's page-table memory is

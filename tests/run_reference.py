@@ -20,6 +20,20 @@ tests/reference.py (ReferenceVM), which is reused, not copied. No cleverness and
     never to the host's memory. So the oracle must run a batch BEFORE the core runs it; the
     test then checks the core stored exactly the overlay (`written_pages`).
 
+Where the spec is silent, the oracle reads it as follows (and the core agrees):
+  * reads, writes, bytes_read and bytes_written count every completed access (MMIO and
+    emulated ones too); the access that stops a run with EFAULT counts only its fault and
+    its memslot lookup;
+  * values: a write gives back its value as given (not truncated), an MMIO exit records the
+    same; on_mmio returning None answers all-ones; on_mmio gets the access's own value;
+  * a shared-pt entry walks as (host.allones_pfn, False, 1): its leaf is a 4 KiB one, in
+    the host's shared level-1 table; a 2 MiB leaf walks as (base pfn + (gfn & 511), w, 2);
+  * `records` (what record_exits returns) has the emulated pci_hole reads among the MMIO
+    exits; `exit_log` has the MMIO exits only;
+  * the dirty bitmap follows v6.6 kvm_prepare_memory_region: dropped with LOG_DIRTY_PAGES,
+    kept by a MOVE that keeps the flag, clean when the flag is gained;
+  * a change in one address space resets only that address space's lookup cache.
+
 The oracle must be told of every KVM_SET_USER_MEMORY_REGION (`set_user_memory_region`, which
 returns the reference's (rc, change) and does not call the core), of every host.mmap with thp
 (`mmap`, which calls host.mmap) and of every host.munmap (`munmap`, which calls host.munmap).
@@ -31,7 +45,7 @@ import reference as R  # tests/reference.py
 
 PAGE = R.PAGE_SIZE
 REGION_PAGES = 512                    # gfns under one level-2 entry
-LOG, RO, BIT2 = R.KVM_MEM_LOG_DIRTY_PAGES, R.KVM_MEM_READONLY, R.KVM_MEM_BIT2
+LOG, BIT2 = R.KVM_MEM_LOG_DIRTY_PAGES, R.KVM_MEM_BIT2
 MAX_GFN_BITS = 36                     # a table maps 48-bit gpas
 TOPUP_PAGES = 4                       # one mmu_topup_memory_caches: enough for one translation
 
@@ -51,6 +65,8 @@ class RunResult(NamedTuple):
     stats: dict           # the counters, STAT_NAMES
     exits: list           # (index, gpa, size, is_write, value) of this run's MMIO exits
     bad_index: int | None  # the access that stopped the run with EFAULT, or None
+    records: list         # the same for MMIO and emulated (pci_hole read) exits, in order:
+                          # what the core's record_exits gives (its documented choice)
 
 
 class RunReference:
@@ -74,6 +90,7 @@ class RunReference:
         self.used_hugepage = False                   # did this VM make the host allocate...
         self.used_shared_pt = False                  # ...its 2 MiB page / its shared table
         self.exit_log = []                           # every MMIO exit of every run, in order
+        self.record_log = []                         # ... and the emulated ones among them
         self.overlay = {}                            # pfn -> bytearray: this run's writes
 
     # --- what the oracle must be told of ---
@@ -87,11 +104,15 @@ class RunReference:
         self.fill[m.hva] = fill
         return m
 
-    def munmap(self, hva):
-        """host.munmap(hva), then zap every mapping of a gfn whose slot hva was unmapped."""
+    def munmap(self, hva, others=()):
+        """host.munmap(hva), then the MMU notifier in this VM and in `others` (the oracles of
+        the host's other VMs): zap every mapping of a gfn whose slot hva was unmapped."""
         m = next(m for m in self.host.mappings if m.hva == hva)
-        lo, hi = m.hva, m.hva + m.size
         self.host.munmap(hva)
+        for ref in (self, *others):
+            ref.invalidate_hva_range(m.hva, m.hva + m.size)
+
+    def invalidate_hva_range(self, lo, hi):
         for as_id in range(R.KVM_ADDRESS_SPACE_NUM):
             def hit(gfn):
                 s = self.ref.slot_for(gfn, as_id)
@@ -217,7 +238,8 @@ class RunReference:
                 start = (pfn - m.base_pfn) * PAGE + off
                 data = bytes(memoryview(m)[start:start + size])
             else:
-                data = bytes([self.fill.get(m.hva) or 0]) * size
+                fill = self.fill[m.hva] if m.hva in self.fill else getattr(m, "fill", None)
+                data = bytes([fill or 0]) * size
         return int.from_bytes(data, "little")
 
     def _store(self, pfn, kind, off, size, value):
@@ -361,7 +383,7 @@ class RunReference:
             mmio_gfns = {int(g) for g in mmio_gfns}
         st = dict.fromkeys(STAT_NAMES, 0)
         out = [0] * n
-        exits = []
+        exits, records = [], []
         self.overlay = {}
         for k in range(n):
             gpa, size, w, v = int(gpas[k]), int(sizes[k]), bool(is_write[k]), int(values[k])
@@ -382,7 +404,8 @@ class RunReference:
                         mmio = True
                     elif pfn == R.KVM_PFN_ERR_FAULT:
                         self.exit_log.extend(exits)
-                        return RunResult(out[:k], st, exits, k)
+                        self.record_log.extend(records)
+                        return RunResult(out[:k], st, exits, k, records)
                     else:
                         assert not pfn & R.KVM_PFN_ERR_MASK and not pfn & R.KVM_PFN_NOSLOT
                         if slot.flags & BIT2:
@@ -396,15 +419,17 @@ class RunReference:
                     st["exits_emulated"] += 1
                     e = None
                     out[k] = ones
+                    records.append((k, gpa, size, w, out[k]))
                 elif mmio:
                     st["exits_mmio"] += 1
                     e = None
                     if on_mmio is not None and (mmio_gfns is None or gfn in mmio_gfns):
                         r = on_mmio(gpa, size, w, v)
-                        out[k] = v if w else int(r)
+                        out[k] = v if w else ones if r is None else int(r)
                     else:
                         out[k] = v if w else ones
                     exits.append((k, gpa, size, w, out[k]))
+                    records.append(exits[-1])
             if e is not None:                      # the access on the backing memory
                 pfn, _, _, kind = e
                 if w:
@@ -420,4 +445,5 @@ class RunReference:
                 st["reads"] += 1
                 st["bytes_read"] += size
         self.exit_log.extend(exits)
-        return RunResult(out, st, exits, None)
+        self.record_log.extend(records)
+        return RunResult(out, st, exits, None, records)

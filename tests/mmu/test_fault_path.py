@@ -178,10 +178,22 @@ def test_shared_mappings_use_one_level2_entry_per_aligned_region(allones_map):
         assert (pfn, level) == (host.allones_pfn, 1) and host.shared_pt_pages == 1
 
 
-def test_shared_mappings_are_made_once_per_host():
+def test_shared_mappings_are_made_once_per_host_on_first_use():
     host = allones.Host()
     vms = [allones_vm(host, npages=512, allones_map="hugepage") for _ in range(3)]
-    assert host.nr_frames == 1 + 512 and all(vm.read(ECAM) == 0xFFFFFFFF for vm in vms)
+    assert host.allones_hugepage is None and host.nr_frames == 1
+    assert all(vm.read(ECAM) == 0xFFFFFFFF for vm in vms)
+    assert host.nr_frames == 1 + 512
+    assert len({vm.walk(ECAM >> 12) for vm in vms}) == 1
+
+
+def test_shared_pt_is_counted_once_used():
+    host = allones.Host()
+    vm = allones_vm(host, npages=511, allones_map="shared-pt")    # no whole 2 MiB region
+    vm.read(ECAM)
+    assert host.shared_pt_pages == 0
+    allones_vm(host, npages=512, allones_map="shared-pt").read(ECAM)
+    assert host.shared_pt_pages == 1
 
 
 def test_thp_backing_gives_2m_leaves(host):

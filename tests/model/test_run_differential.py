@@ -4,7 +4,8 @@ The oracle is a plain Python model of the spec (/tmp/research/mmu-spec.md): it r
 tests/reference.py for memslots and gfn_to_pfn, keeps mappings in dicts and derives table
 pages from the leaves. Each batch runs on the oracle first (it reads the host's real memory
 and keeps its writes to itself), then on the core; then everything observable must agree:
-values, every counter, the MMIO exits in order, table pages per address space, the memory
+values, every counter, the exits in order (MMIO, and the emulated pci_hole reads, which
+record_exits also lists), table pages per address space, the memory
 the core wrote, walks of the interesting gfns, dirty logs, and the host's all-ones page.
 
 Layouts are random over a small gfn window that crosses the 1 GiB and 512 GiB table
@@ -14,6 +15,8 @@ running past their mapping, and thp=True mappings with 2 MiB-aligned slots (2 Mi
 with gaps between them, in both address spaces. Between runs: deletes, moves, flag changes,
 munmaps and KVM_GET_DIRTY_LOG.
 """
+
+import errno
 
 import numpy as np
 import pytest
@@ -29,14 +32,15 @@ import run_reference as RR   # tests/run_reference.py
 PAGE = R.PAGE_SIZE
 LOG, RO, BIT2 = R.KVM_MEM_LOG_DIRTY_PAGES, R.KVM_MEM_READONLY, R.KVM_MEM_BIT2
 COMBOS = [(p, a) for p in RR.PREFAULTS for a in RR.ALLONES_MAPS]
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 # --- the core, as the spec names it ---
 
-def make_host(pci_hole=False, materialize=True):
+def make_host(pci_hole=False, materialize=True, phys_bits=48):
     kwargs = {"bit2": "pci_hole"} if pci_hole else {}
+    kwargs["phys_bits"] = phys_bits
     if not materialize:
         kwargs["materialize"] = False
     return allones.Host(**kwargs)
@@ -61,6 +65,7 @@ def exits_of(res):
 
 
 def stats_of(stats):
+    assert set(stats) >= set(RR.STAT_NAMES)
     return {k: int(stats[k]) for k in RR.STAT_NAMES}
 
 
@@ -112,7 +117,7 @@ class Pair:
         if want.bad_index is not None:
             with pytest.raises(allones.BadAddress) as ei:
                 core_run(self.vm, gpas, sizes, writes, values, as_id, on_mmio, mmio_gfns)
-            assert ei.value.errno == R.errno.EFAULT
+            assert ei.value.errno == errno.EFAULT
             assert ei.value.index == want.bad_index
             assert stats_of(ei.value.stats) == want.stats
         else:
@@ -120,7 +125,7 @@ class Pair:
             if check_values:
                 assert [int(v) for v in res.values] == want.values
             assert stats_of(res.stats) == want.stats
-            assert exits_of(res) == want.exits
+            assert exits_of(res) == want.records     # MMIO exits, and emulated ones
         if check_values and self.ref.materialize:
             for pfn, data in self.ref.written_pages().items():
                 m = self.ref._mapping_of_pfn(pfn)
@@ -134,6 +139,10 @@ class Pair:
         host, vm, ref = self.host, self.vm, self.ref
         if host.allones_page is not None:
             assert bytes(memoryview(host.allones_page)) == b"\xff" * PAGE
+        allones_pfns = {host.allones_pfn}
+        if getattr(host, "allones_hugepage", None) is not None:
+            base = host.allones_hugepage.base_pfn
+            allones_pfns.update(range(base, base + 512))
         for as_id in range(2):
             assert tuple(vm.table_pages(as_id)) == ref.table_pages(as_id)
             assert tuple(vm.table_pages(as_id)) == tuple(vm.recount_table_pages(as_id))
@@ -142,7 +151,7 @@ class Pair:
                 got = vm.walk(gfn, as_id)
                 if got is not None:
                     got = (int(got[0]), bool(got[1]), int(got[2]))
-                    assert not (got[1] and got[0] == host.allones_pfn), f"writable all-ones {gfn:#x}"
+                    assert not (got[1] and got[0] in allones_pfns), f"writable all-ones {gfn:#x}"
                     assert ref.ref.slot_for(gfn, as_id) is not None, f"{gfn:#x} mapped, no slot"
                 assert got == ref.walk(gfn, as_id), f"walk({gfn:#x}, {as_id})"
         if not host.pci_hole:
@@ -158,8 +167,11 @@ class Pair:
 # --- layouts ---
 
 MEM_KINDS = ["rom", "ro_rw", "ram", "ram_log", "rohost", "rohost_log", "short",
-             "thp", "thp_log", "thp_ro", "thp_rohost"]
-ANCHORS = [0, 0x40000 - 1024, 0x8000000 - 1536]   # crossing the L2 (1 GiB) / L3 (512 GiB) tables
+             "thp", "thp_log", "thp_ro", "thp_rohost", "thp_short"]
+PAST_MAPPING = ("short", "thp_short")     # slots that run past their mapping
+# Windows crossing an L2 (1 GiB) and an L3 (512 GiB) table boundary, and the top of the 48 bits.
+TOP = (1 << 36) - 4200
+ANCHORS = [0, 0x40000 - 1024, 0x8000000 - 1536, TOP]
 
 
 @st.composite
@@ -168,12 +180,12 @@ def layouts(draw, kinds=tuple(MEM_KINDS)):
     slots = []
     cur = draw(st.sampled_from(ANCHORS))
     for _ in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["allones", "allones"] + list(kinds)))
+        kind = draw(st.sampled_from(["allones"] * 4 + list(kinds)))
         if kind == "allones":
-            npages = draw(st.sampled_from([1, 2, 5, 511, 512, 513, 700, 1024, 1100]))
+            npages = draw(st.sampled_from([1100, 1, 512, 513, 2, 700, 1024, 5, 511, 1600]))
             align = draw(st.booleans())
         elif kind.startswith("thp"):
-            npages = draw(st.sampled_from([512, 600, 1024]))
+            npages = draw(st.sampled_from([1024, 512, 600] if kind != "thp_short" else [1024, 1100]))
             align = True
         else:
             npages = draw(st.integers(2 if kind == "short" else 1, 6))
@@ -204,38 +216,44 @@ def build(pair, layout):
             flags = {"ro_rw": RO, "ram": 0, "ram_log": LOG}[kind]
         elif kind == "short":
             m = pair.mmap(npages - 1, fill=fill)
+        elif kind == "thp_short":       # the second 2 MiB region only half inside the mapping
+            m = pair.mmap(768 + shift, fill=fill, thp=True)
         else:
             prot = PROT_READ if kind == "thp_rohost" else PROT_READ | PROT_WRITE
             m = pair.mmap(npages + shift, fill=fill, prot=prot, thp=True)
             flags = {"thp": 0, "thp_log": LOG, "thp_ro": RO, "thp_rohost": 0}[kind]
         if m is not None:
             hva = m.hva + shift * PAGE
-        assert pair.set_region(as_id << 16 | i, flags, base << 12, npages * PAGE, hva) == 0
+        pair.set_region(as_id << 16 | i, flags, base << 12, npages * PAGE, hva)   # past the top: EINVAL
         maps.append(None if m is None else m.hva)
     return maps
 
 
 @st.composite
-def streams(draw, layout, n_max=50):
-    """[(gpa, size, is_write, value)]: gfns from a small pool in and around the slots."""
+def streams(draw, layout, as_id=0, n_max=50):
+    """[(gpa, size, is_write, value)]: gfns from a small pool in and around the slots
+    (of address space as_id, when it has any)."""
+    mine = [s for s in layout if s[1] == as_id] or layout
     pool = []
     for _ in range(draw(st.integers(1, 8))):
-        if layout and draw(st.integers(0, 5)):
-            _, _, base, npages, _, _ = layout[draw(st.integers(0, len(layout) - 1))]
-            rel = draw(st.sampled_from([-1, 0, 0, 1, npages - 1, npages, "any", "any"]))
+        where = draw(st.sampled_from(["slot"] * 5 + ["window"]))   # the simplest first
+        if where == "slot":
+            _, _, base, npages, _, _ = mine[draw(st.integers(0, len(mine) - 1))]
+            rel = draw(st.sampled_from(["any", 0, "any", 1, npages - 1, npages, -1]))
             if rel == "any":
                 rel = draw(st.integers(0, npages - 1))
             gfn = base + rel
         else:
             gfn = draw(st.sampled_from(ANCHORS)) + draw(st.integers(0, 3000))
-        pool.append(max(gfn, 0))
+        pool.append(min(max(gfn, 0), (1 << 36) - 1))
     out = []
     for _ in range(draw(st.integers(1, n_max))):
         gfn = draw(st.sampled_from(pool))
         size = draw(st.sampled_from([1, 2, 4, 8]))
         off = draw(st.one_of(st.integers(0, PAGE - size), st.sampled_from([0, PAGE - size])))
-        write = draw(st.integers(0, 9)) < 4
-        value = draw(st.integers(0, (1 << (8 * size)) - 1)) if write else 0
+        write = draw(st.integers(0, 9)) >= 6
+        value = draw(st.one_of(st.integers(0, (1 << (8 * size)) - 1),    # wider: stored truncated;
+                               st.integers(0, (1 << 64) - 1)))           # reads ignore theirs
         out.append(((gfn << 12) | off, size, write, value))
     return out
 
@@ -278,7 +296,9 @@ def scenario(draw, pair, kinds=tuple(MEM_KINDS)):
             for op in draw(st.lists(OPS, max_size=3)):
                 apply_op(pair, layout, maps, op)
             pair.check()
-        pair.run(draw(streams(layout)), as_id=draw(st.sampled_from([0, 0, 1])))
+        used = sorted({s[1] for s in layout})
+        as_id = draw(st.sampled_from(used * 3 + [1 - used[0]]))
+        pair.run(draw(streams(layout, as_id)), as_id=as_id)
     for i, (_, as_id, *_rest) in enumerate(layout):
         pair.dirty_log(as_id << 16 | i)
     return layout
@@ -299,29 +319,43 @@ def test_random_layouts_and_streams_pci_hole(prefault, data):
 
 
 def mmio_value(gpa, size, is_write, value):
-    """A pure on_mmio answer (the oracle and the core both call it)."""
+    """A pure on_mmio answer (the oracle and the core both call it); None: all-ones."""
+    if gpa & 0x10:
+        return None
     return (gpa * 2654435761 + size) & ((1 << (8 * size)) - 1)
 
 
 @SETTINGS
 @given(data=st.data(), pci_hole=st.booleans())
 def test_random_on_mmio_with_mmio_gfns(data, pci_hole):
+    """The VMM's handler is called for exactly the MMIO exits at mmio_gfns (all of them
+    without mmio_gfns), with the access's fields, in order; its answers are the values."""
     pair = Pair(make_host(pci_hole=pci_hole), "on-demand", "4k")
     layout = data.draw(layouts())
     build(pair, layout)
     stream = data.draw(streams(layout))
     gfns = sorted({gpa >> 12 for gpa, *_ in stream})
     mmio_gfns = data.draw(st.one_of(st.none(), st.sets(st.sampled_from(gfns))))
-    pair.run(stream, on_mmio=mmio_value, mmio_gfns=mmio_gfns)
+    calls = []
+
+    def on_mmio(gpa, size, is_write, value):
+        calls.append((int(gpa), int(size), bool(is_write), int(value)))
+        return mmio_value(gpa, size, is_write, value)
+
+    want = pair.run(stream, on_mmio=on_mmio, mmio_gfns=mmio_gfns)
+    half = len(calls) // 2                  # the oracle's calls, then the core's
+    assert calls[:half] == calls[half:]
+    assert calls[:half] == [(gpa, size, w, stream[k][3]) for k, gpa, size, w, _ in want.exits
+                            if mmio_gfns is None or gpa >> 12 in mmio_gfns]
 
 
 @SETTINGS
 @given(data=st.data(), prefault=st.sampled_from(RR.PREFAULTS),
        allones_map=st.sampled_from(RR.ALLONES_MAPS))
 def test_accounting_host_counts_as_a_real_one(data, prefault, allones_map):
-    """Host(materialize=False): the same counters and exits (but values) as materialize=True;
-    and its reads give the fill bytes, as the oracle says."""
-    kinds = tuple(k for k in MEM_KINDS if k != "short")   # past a mapping: depends on hvas
+    """Host(materialize=False): every counter, exit and table page as with materialize=True
+    (both checked against the oracle, values too: an accounting host reads fill bytes)."""
+    kinds = tuple(k for k in MEM_KINDS if k not in PAST_MAPPING)   # what lies past: hvas
     layout = data.draw(layouts(kinds))
     runs = [data.draw(streams(layout)) for _ in range(data.draw(st.integers(1, 2)))]
     results = []
@@ -330,20 +364,9 @@ def test_accounting_host_counts_as_a_real_one(data, prefault, allones_map):
         build(pair, layout)
         got = []
         for stream in runs:
-            args = ([a[0] for a in stream], [a[1] for a in stream], [a[2] for a in stream],
-                    [a[3] for a in stream])
-            want = pair.ref.run(*args)
-            if want.bad_index is not None:
-                with pytest.raises(allones.BadAddress) as ei:
-                    core_run(pair.vm, *args)
-                got.append(("stop", ei.value.index, stats_of(ei.value.stats)))
-                continue
-            res = core_run(pair.vm, *args)
-            if not materialize:
-                assert [int(v) for v in res.values] == want.values
-            assert stats_of(res.stats) == want.stats
-            got.append(("ok", stats_of(res.stats),
-                        [e[:4] for e in exits_of(res)], tuple(pair.vm.table_pages(0))))
+            want = pair.run(stream)
+            got.append((want.bad_index, want.stats, want.records,
+                        pair.ref.table_pages(0), pair.ref.table_pages(1)))
         results.append(got)
     assert results[0] == results[1]
 
@@ -357,7 +380,7 @@ def single(pair, gpa, size=4, write=False, value=0, as_id=0):
 @pytest.mark.parametrize("allones_map,entries,l1", [("4k", 1100, 3), ("shared-pt", 2 + 76, 1),
                                                     ("hugepage", 2 + 76, 1)])
 def test_whole_slot_prefault_counts_by_hand(allones_map, entries, l1):
-    """1100 all-ones pages from gfn 0x3fc00: regions 0x1fe..0x201, the 1 GiB boundary at
+    """1100 all-ones pages from gfn 0x3fc00: regions 0x1fe..0x200, the 1 GiB boundary at
     0x40000 in the middle (two L2 pages). Regions 0x1fe and 0x1ff lie inside the slot; the
     slot ends 76 pages into 0x200. 4k: 3 L1 + 2 L2 + 1 L3 = 6 pages, 2 short of one top-up;
     level-2 entries: 1 + 2 + 1 = 4 pages, no shortfall."""
@@ -388,8 +411,6 @@ def test_on_demand_allones_by_hand():
     assert pair.vm.walk(0x2ff, 0) == (pair.host.allones_hugepage.base_pfn + 0xff, False, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="engine makes them when a VM with that allones_map is "
-                   "created (Host._register_vm); spec: 'allocated once per host, on first use'")
 @pytest.mark.parametrize("allones_map", ["shared-pt", "hugepage"])
 def test_shared_allones_pages_made_on_first_use(allones_map):
     """Spec 3: the host's shared level-1 table / 2 MiB all-ones page are allocated once per
@@ -463,6 +484,45 @@ def test_bad_address_stops_the_run():
     pair.munmap(ram.hva)                                      # the mapping goes: zapped
     assert pair.vm.walk(0, 0) is None
     assert pair.run([(0x20 << 12, 4, False, 0), (0x8, 8, False, 0)]).bad_index == 1
+
+
+def test_munmap_zaps_every_vm_of_the_host():
+    """host.munmap: in every VM of the host, the gfns backed by the mapping lose their
+    mappings (2 MiB leaves whole); other mappings stay."""
+    host = make_host()
+    pairs = [Pair(host, "on-demand", "4k"), Pair(host, "whole-slot", "hugepage")]
+    thp = pairs[0].mmap(1024, fill=0x31, thp=True)
+    ram = pairs[0].mmap(4, fill=0x32)
+    pairs[1].ref.thp.update(pairs[0].ref.thp)
+    pairs[1].ref.fill.update(pairs[0].ref.fill)
+    for i, pair in enumerate(pairs):
+        pair.set_region(0, 0, 0x200 << 12, thp.size, thp.hva)
+        pair.set_region(1, 0, (0x800 + i) << 12, ram.size, ram.hva)
+        pair.set_region(2, BIT2, 0x1000 << 12, 600 * PAGE)
+        pair.run([(0x300 << 12, 8, False, 0), (0x500 << 12, 1, True, 1),
+                  ((0x801 + i) << 12, 2, False, 0), (0x1001 << 12, 4, False, 0)])
+    pairs[0].ref.munmap(thp.hva, others=[pairs[1].ref])
+    for pair in pairs:
+        pair.check()
+        assert pair.vm.walk(0x300, 0) is None and pair.vm.walk(0x500, 0) is None
+        assert pair.vm.walk(0x1001, 0) is not None
+    assert pairs[0].vm.walk(0x801, 0) is not None and pairs[1].vm.walk(0x802, 0) is not None
+    assert pairs[1].run([(0x3ff << 12, 1, False, 0)]).bad_index == 0
+
+
+def test_top_of_the_48_bit_table():
+    """The last gfn of a 48-bit table (all indexes 511), and the first gpa past it."""
+    pair = Pair(make_host(phys_bits=48), "on-demand", "hugepage")
+    top = (1 << 36) - 1
+    ram = pair.mmap(1, fill=0x66)
+    pair.set_region(0, 0, top << 12, PAGE, ram.hva)
+    pair.set_region(1, BIT2, (top - 1023) << 12, 1023 * PAGE)
+    w = pair.run([((top << 12) + 4088, 8, False, 0), ((top - 1) << 12, 2, False, 0),
+                  ((top - 600) << 12, 2, False, 0)])
+    assert w.values == [0x6666666666666666, 0xFFFF, 0xFFFF]
+    assert pair.ref.table_pages(0) == (1, 1, 1, 1) and w.stats["mapped_2m"] == 1
+    with pytest.raises(ValueError):
+        core_run(pair.vm, [1 << 48], [1], [False], [0])
 
 
 def test_scalar_read_and_write():
