@@ -1,0 +1,22 @@
+"""The README's code that prints something is run, and prints what the README says."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def test_readme_scan_example_prints_what_it_says():
+    block = next(b for b in python_blocks() if "scan = " in b)
+    code = "\n".join(line for line in block.splitlines() if not line.startswith("# "))
+    expected = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert out.getvalue().splitlines() == expected
