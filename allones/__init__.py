@@ -7,7 +7,7 @@ The public names: `Host` (the host and its memory), `VM` (a VM's memslots and tr
 import os
 
 from . import constants
-from .errors import BadAddress, InvalidArgument, KvmError, NoMemory, SlotOverlap
+from .errors import BadAddress, InvalidArgument, KvmError, NoMemory, NotFound, SlotOverlap
 from .host import Host
 from .vm import VM, Change, Memslot, Translation
 
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Host", "VM", "Memslot", "Translation", "Change", "constants",
-    "KvmError", "InvalidArgument", "SlotOverlap", "BadAddress", "NoMemory", "get_include",
+    "KvmError", "InvalidArgument", "SlotOverlap", "BadAddress", "NotFound", "NoMemory", "get_include",
 ]
 
 

@@ -69,7 +69,7 @@ cdef struct kvm_memory_slot:
 cdef struct kvm_memslots:
     uint64_t generation           # bumped by every change that was committed
     int32_t used_slots            # entries in memslots[] and base_gfns[]
-    int32_t last_used_slot        # index of the last hit (relaxed atomic), 0 if empty
+    int32_t last_used_slot        # index of the last hit (relaxed atomic), -1 if none yet
     gfn_t *base_gfns              # [used_slots] ascending; what the binary search reads
     kvm_memory_slot *memslots     # [used_slots] in the same order
     # The slots and the gaps between them tile [0, 2^64): batch lookups search these, so a

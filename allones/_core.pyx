@@ -79,7 +79,7 @@ cdef int32_t search_memslots(kvm_memslots *slots, gfn_t gfn, lookup_stats *st) n
     if slots.used_slots == 0:
         return -1
     i = allones_load_relaxed(&slots.last_used_slot)
-    if slot_contains(&slots.memslots[i], gfn):
+    if i >= 0 and slot_contains(&slots.memslots[i], gfn):
         if st != NULL:
             st.cache_hits += 1
         return i
@@ -184,7 +184,7 @@ cdef void build_tiles(kvm_memslots *slots) noexcept nogil:
 cdef int memslots_alloc(kvm_memslots *slots, int32_t n) noexcept nogil:
     """Allocate a generation's arrays for n slots; 0 or -ENOMEM (and nothing allocated)."""
     slots.used_slots = 0
-    slots.last_used_slot = 0
+    slots.last_used_slot = -1   # a new generation starts with no cached slot (v6.6: NULL)
     slots.nr_tiles = 0
     slots.base_gfns = <gfn_t *>malloc(max(n, 1) * sizeof(gfn_t))
     slots.memslots = <kvm_memory_slot *>malloc(max(n, 1) * sizeof(kvm_memory_slot))
@@ -529,8 +529,17 @@ cdef class Memslots:
         return Memslot(s.id, s.base_gfn, s.npages, s.userspace_addr, s.flags)
 
     def dirty_bitmap(self, int id):
-        """The dirty log of slot `id` (a uint8 per page, shared with the core), or None."""
-        return self._bitmaps.get(id)
+        """The dirty log of slot `id` (a read-only uint8 view, one per page), or None.
+
+        Read-only, and a view: the core keeps a pointer into the array, which must never
+        be written or resized from Python (KVM_GET_DIRTY_LOG clears it, in the core).
+        """
+        bitmap = self._bitmaps.get(id)
+        if bitmap is None:
+            return None
+        view = bitmap.view()
+        view.flags.writeable = False
+        return view
 
     def get(self, int id):
         """The Memslot with this id, or None."""
@@ -608,8 +617,8 @@ cdef class HostMapping:
     def __cinit__(self, uint64_t size, pfn_t base_pfn, fill=None,
                   uint32_t prot=PROT_READ | PROT_WRITE, bint thp=False, bint materialize=True):
         cdef timespec t0, t1
-        if size == 0 or size & (ALLONES_PAGE_SIZE - 1):
-            raise ValueError(f"size {size:#x} must be a positive multiple of the page size")
+        if size == 0 or size & (ALLONES_PAGE_SIZE - 1) or size > (1ULL << 47):
+            raise ValueError(f"size {size:#x}: a positive multiple of the page size, at most 2^47")
         if prot & ~(PROT_READ | PROT_WRITE) or not prot & PROT_READ:
             raise ValueError(f"prot {prot:#x}: PROT_READ, optionally with PROT_WRITE")
         if fill is not None and not 0 <= fill <= 0xff:

@@ -271,6 +271,20 @@ cdef void s2_write_protect(stage2 *s2, gfn_t gfn) noexcept nogil:
         s2_child(s2, l2.spte[i2]).spte[pt_index(gfn, 1)] &= ~(<uint64_t>SPTE_WRITABLE)
 
 
+cdef void s2_log_dirty_enabled(stage2 *s2, gfn_t start, gfn_t end) noexcept nogil:
+    cdef gfn_t g = start
+    cdef s2_table *l2
+    cdef int i2
+    while g < end:
+        l2 = s2_level2(s2, g, False, NULL)
+        i2 = pt_index(g, 2)
+        if l2 != NULL and l2.spte[i2] & SPTE_HUGE:
+            s2_zap_range(s2, g, g + 1, NULL)
+        elif l2 != NULL and is_table_entry(l2.spte[i2]):
+            s2_write_protect(s2, g)
+        g += 1
+
+
 cdef void recount(const stage2 *s2, const s2_table *t, int64_t *pages) noexcept nogil:
     cdef int i
     pages[t.level] += 1
@@ -339,13 +353,15 @@ cdef int map_normal(run_ctx *r, const kvm_memory_slot *slot, gfn_t gfn, pfn_t pf
     cdef const host_vma *vma = &r.mm.vmas[find_vma(r.mm, hva)]   # exists: pfn is valid
     cdef uint64_t flags = SPTE_PRESENT | (SPTE_WRITABLE if writable else 0)
     cdef gfn_t off = gfn & (PAGES_PER_HPAGE - 1)
+    cdef int rc
     if huge_allowed(slot, gfn, vma, hva):
         return s2_map_2m(r.s2, gfn, ((pfn - off) << SPTE_ADDR_SHIFT) | flags | SPTE_HUGE,
                          fill_data(vma, hva - off * ALLONES_PAGE_SIZE), &r.st)
-    if writable and slot.dirty_bitmap != NULL:
+    rc = s2_map_4k(r.s2, gfn, (pfn << SPTE_ADDR_SHIFT) | flags, fill_data(vma, hva), True, &r.st)
+    if rc == 0 and writable and slot.dirty_bitmap != NULL:
         # v6.6 make_spte(): a writable SPTE in a dirty-logged slot marks the page dirty.
         slot.dirty_bitmap[gfn - slot.base_gfn] = 1
-    return s2_map_4k(r.s2, gfn, (pfn << SPTE_ADDR_SHIFT) | flags, fill_data(vma, hva), True, &r.st)
+    return rc
 
 
 cdef int map_allones(run_ctx *r, const kvm_memory_slot *slot, gfn_t gfn) noexcept nogil:
@@ -619,12 +635,30 @@ cdef class Stage2:
         """Remove every mapping of gfns in [start, end)."""
         s2_zap_range(&self.c, start, end, NULL)
 
-    def write_protect(self, const uint8_t[::1] dirty not None, gfn_t base_gfn):
-        """Clear the writable bit of the pages whose `dirty` byte is set (KVM_GET_DIRTY_LOG)."""
-        cdef Py_ssize_t i
-        for i in range(dirty.shape[0]):
-            if dirty[i]:
-                s2_write_protect(&self.c, base_gfn + i)
+    def take_dirty_log(self, Memslots slots not None, int id):
+        """KVM_GET_DIRTY_LOG for slot `id` of `slots` (the current generation): return the
+        dirty pages as a bool array, clear the marks, write-protect those pages."""
+        cdef int32_t i
+        cdef kvm_memory_slot *slot = NULL
+        cdef uint64_t k
+        for i in range(slots.c.used_slots):
+            if slots.c.memslots[i].id == id:
+                slot = &slots.c.memslots[i]
+        if slot == NULL or slot.dirty_bitmap == NULL:
+            return None
+        dirty = np.zeros(slot.npages, dtype=np.bool_)
+        for k in range(slot.npages):
+            if slot.dirty_bitmap[k]:
+                dirty[k] = True
+                slot.dirty_bitmap[k] = 0
+                s2_write_protect(&self.c, slot.base_gfn + k)
+        return dirty
+
+    def log_dirty_enabled(self, gfn_t start, gfn_t end):
+        """kvm_mmu_slot_apply_flags() when dirty logging starts on [start, end): leaves are
+        write-protected (kvm_mmu_slot_remove_write_access), 2 MiB ones zapped (a logged
+        slot maps 4 KiB only), so the next write to each page faults and marks it."""
+        s2_log_dirty_enabled(&self.c, start, end)
 
     def walk(self, gfn_t gfn, HostMM mm not None, dict cfg_values):
         """(pfn, writable, level) of the leaf mapping gfn, or None."""
@@ -694,7 +728,13 @@ def run(Stage2 s2 not None, slots_of, mm_of, cfg_of,
         with nogil:
             stop = run_loop(&r, &pos)
         if stop == RUN_HANDLER:
-            answer_exit(&r, pos, on_mmio)
+            try:
+                answer_exit(&r, pos, on_mmio)
+            except BaseException as exc:
+                # What ran stays (as at an EFAULT stop); say so on the exception.
+                exc.allones_index, exc.allones_used_shared_pt = pos, bool(r.used_shared_pt)
+                exc.allones_stats = {name: int(v) for name, v in zip(STAT_NAMES, stats_tuple(&r.st))}
+                raise
             pos += 1
         elif stop == RUN_HUGEPAGE:
             make_hugepage()

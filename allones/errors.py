@@ -34,13 +34,19 @@ class BadAddress(KvmError):
     code = _errno.EFAULT
 
 
+class NotFound(KvmError):
+    """ENOENT: no such memslot (or it has no dirty log)."""
+
+    code = _errno.ENOENT
+
+
 class NoMemory(KvmError):
     """ENOMEM: an allocation failed."""
 
     code = _errno.ENOMEM
 
 
-_BY_ERRNO = {cls.code: cls for cls in (InvalidArgument, SlotOverlap, BadAddress, NoMemory)}
+_BY_ERRNO = {cls.code: cls for cls in (InvalidArgument, SlotOverlap, BadAddress, NotFound, NoMemory)}
 
 
 def error_for(errno: int, message: str, rule: str | None = None) -> KvmError:

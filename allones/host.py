@@ -7,6 +7,7 @@ VMs are made with `allones.VM(host)`.
 """
 
 import operator
+import threading
 import weakref
 
 from . import _core
@@ -47,6 +48,11 @@ class Host:
         self._next_pfn = FIRST_PFN
         self._mappings: dict[int, _core.HostMapping] = {}
         self._vms = weakref.WeakSet()
+        # Serialises what changes or walks stage-2 tables (runs, zaps, munmap's notifier)
+        # across this host's VMs: a run never meets a table, or host memory, changed or
+        # freed under it. Re-entrant: an exit handler may update memslots or munmap.
+        # Lookups and translations need no lock (immutable generations).
+        self._lock = threading.RLock()
         self.fill_ns = 0
         # kvm_init(): alloc_page, memset 0xff, vmap PAGE_KERNEL_RO. Here: real memory,
         # filled, then mprotect(PROT_READ), so a write through it faults (SIGSEGV).
@@ -109,12 +115,13 @@ class Host:
         then fail with EFAULT. Readers holding an older snapshot keep the memory alive.
         Raises ValueError if no mapping starts at hva.
         """
-        mapping = self._mappings.pop(hva, None)
-        if mapping is None:
-            raise ValueError(f"no mapping starts at hva {hva:#x}")
-        self._publish()
-        for vm in list(self._vms):  # the MMU notifier: no VM keeps a mapping of it
-            vm._invalidate_hva_range(mapping.hva, mapping.hva + mapping.size)
+        with self._lock:
+            mapping = self._mappings.pop(hva, None)
+            if mapping is None:
+                raise ValueError(f"no mapping starts at hva {hva:#x}")
+            self._publish()
+            for vm in list(self._vms):  # the MMU notifier: no VM keeps a mapping of it
+                vm._invalidate_hva_range(mapping.hva, mapping.hva + mapping.size)
 
     def _publish(self) -> None:
         # A new immutable generation, swapped in whole: translation never sees a half-made one.
@@ -157,10 +164,14 @@ class Host:
         return f"Host(bit2={self.bit2!r}, phys_bits={self.phys_bits}, mappings={len(self._mappings)})"
 
 
+MAX_MAPPING = 1 << 47  # the x86-64 user address space
+
+
 def _page_multiple(name: str, value) -> int:
     value = _as_int(name, value)
-    if value <= 0 or value % PAGE_SIZE:
-        raise ValueError(f"{name}={value:#x} must be a positive multiple of {PAGE_SIZE:#x}")
+    if value <= 0 or value % PAGE_SIZE or value > MAX_MAPPING:
+        raise ValueError(f"{name}={value:#x} must be a positive multiple of {PAGE_SIZE:#x} "
+                         f"up to {MAX_MAPPING:#x}")
     return value
 
 

@@ -16,7 +16,7 @@ from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_CAP_ALLONES_MEM, KVM_CAP_MULT
                         KVM_CAP_SYNC_MMU, KVM_CAP_USER_MEMORY, KVM_MEM_ALLONES,
                         KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, KVM_USER_MEM_SLOTS,
                         PAGE_SHIFT, PAGE_SIZE, kvm_is_error_hva)
-from .errors import BadAddress, InvalidArgument, NoMemory, error_for
+from .errors import BadAddress, InvalidArgument, NoMemory, NotFound, error_for
 from .host import Host
 
 Memslot = _core.Memslot
@@ -136,6 +136,10 @@ class VM(_core.VMCore):
         gpa = _field("guest_phys_addr", guest_phys_addr, 64)
         size = _field("memory_size", memory_size, 64)
         hva = _field("userspace_addr", userspace_addr, 64)
+        with self.host._lock:
+            return self._set_locked(slot, flags, gpa, size, hva)
+
+    def _set_locked(self, slot, flags, gpa, size, hva) -> Change:
         as_id = slot >> 16
         old = self.memslots(as_id).get(slot & 0xFFFF) if as_id < KVM_ADDRESS_SPACE_NUM else None
         rc, rule, change = self._set_user_memory_region(slot, flags, gpa, size, hva)
@@ -147,9 +151,14 @@ class VM(_core.VMCore):
                 max_gfn=(1 << (self.host.phys_bits - PAGE_SHIFT)) - 1)
             raise error_for(-rc, text, rule.name)
         change = Change(change)
-        if change in (Change.KVM_MR_DELETE, Change.KVM_MR_MOVE, Change.KVM_MR_FLAGS_ONLY):
+        end = old.base_gfn + old.npages if old is not None else 0
+        if change in (Change.KVM_MR_DELETE, Change.KVM_MR_MOVE):
             # kvm_arch_flush_shadow_memslot(): no mapping of the old slot survives.
-            self._stage2[as_id].zap(old.base_gfn, old.base_gfn + old.npages)
+            self._stage2[as_id].zap(old.base_gfn, end)
+        elif change == Change.KVM_MR_FLAGS_ONLY and flags & KVM_MEM_LOG_DIRTY_PAGES:
+            # FLAGS_ONLY can only toggle LOG_DIRTY_PAGES (READONLY and bit 2 are refused).
+            # Turning it off keeps the 4 KiB leaves (huge-page recovery is not modeled).
+            self._stage2[as_id].log_dirty_enabled(old.base_gfn, end)
         return change
 
     def check_extension(self, cap: int) -> int:
@@ -231,19 +240,22 @@ class VM(_core.VMCore):
                 KVM_RUN fails; `exc.stats` counts what ran before it (mappings made stay).
             NoMemory (ENOMEM): a table page could not be allocated.
         """
-        gpas = _as_u64("gpas", gpas)
+        # Private copies: a handler (or another thread) must not change an access after
+        # the engine checked it.
+        gpas = _as_u64("gpas", gpas).copy()
         n = len(gpas)
-        sizes = _broadcast("sizes", sizes, n, np.uint8)
-        is_write = _broadcast("is_write", is_write, n, np.uint8)
+        sizes = _broadcast("sizes", sizes, n, np.uint8).copy()
+        is_write = _broadcast("is_write", is_write, n, np.uint8).copy()
         values = np.zeros(n, dtype=np.uint64) if values is None else _as_u64("values", values).copy()
         if mmio_gfns is not None:
             mmio_gfns = np.unique(_as_u64("mmio_gfns", mmio_gfns))
         self.memslots(as_id)   # checks as_id
         try:
-            stats, exits, used_shared_pt = _mmu.run(
-                self._stage2[as_id], lambda: self.memslots(as_id), lambda: self.host.mm,
-                self._mmu_config, gpas, sizes, is_write, values, on_mmio, mmio_gfns,
-                record_exits, self.host._make_allones_hugepage)
+            with self.host._lock:
+                stats, exits, used_shared_pt = _mmu.run(
+                    self._stage2[as_id], lambda: self.memslots(as_id), lambda: self.host.mm,
+                    self._mmu_config, gpas, sizes, is_write, values, on_mmio, mmio_gfns,
+                    record_exits, self.host._make_allones_hugepage)
         except _mmu.RunStopped as stop:
             if stop.used_shared_pt:
                 self.host.shared_pt_pages = 1
@@ -253,6 +265,10 @@ class VM(_core.VMCore):
                       f"no memory for a stage-2 table page at access {stop.index}", "kvm_mmu_page_fault")
             exc.index, exc.stats = stop.index, stop.stats
             raise exc from None
+        except BaseException as exc:   # from on_mmio: the mappings made stay, and count
+            if getattr(exc, "allones_used_shared_pt", False):
+                self.host.shared_pt_pages = 1
+            raise
         if used_shared_pt:
             self.host.shared_pt_pages = 1   # the host's one shared table, made on first use
         return RunResult(values, stats, exits)
@@ -270,18 +286,19 @@ class VM(_core.VMCore):
         call, as a bool array; the marks are cleared and those pages write-protected, so the
         next write to each faults and marks it again.
 
-        Raises InvalidArgument (EINVAL) if the slot does not exist or is not dirty-logged.
+        Raises InvalidArgument (EINVAL) for an as_id or id out of range, NotFound (ENOENT)
+        if the slot does not exist or is not dirty-logged (kvm_get_dirty_log_protect).
         """
         slot = _field("slot", slot, 32)
         as_id, slot_id = slot >> 16, slot & 0xFFFF
-        memslots = self.memslots(as_id) if as_id < KVM_ADDRESS_SPACE_NUM else None
-        bitmap = memslots.dirty_bitmap(slot_id) if memslots is not None else None
-        if bitmap is None:
-            raise InvalidArgument(f"kvm_get_dirty_log: slot {as_id}:{slot_id} does not exist or has "
-                                  "no KVM_MEM_LOG_DIRTY_PAGES", "kvm_get_dirty_log")
-        dirty = bitmap.astype(bool)
-        self._stage2[as_id].write_protect(bitmap, memslots.get(slot_id).base_gfn)
-        bitmap[:] = 0
+        if as_id >= KVM_ADDRESS_SPACE_NUM or slot_id >= KVM_USER_MEM_SLOTS:
+            raise InvalidArgument(f"kvm_get_dirty_log_protect: slot {as_id}:{slot_id} out of range",
+                                  "kvm_get_dirty_log_protect")
+        with self.host._lock:
+            dirty = self._stage2[as_id].take_dirty_log(self.memslots(as_id), slot_id)
+        if dirty is None:
+            raise NotFound(f"kvm_get_dirty_log_protect: slot {as_id}:{slot_id} does not exist or "
+                           "has no dirty log (KVM_MEM_LOG_DIRTY_PAGES)", "kvm_get_dirty_log_protect")
         return dirty
 
     # --- the stage-2 table, for tests and reports ---
@@ -290,18 +307,21 @@ class VM(_core.VMCore):
         """(pfn, writable, level) of the stage-2 leaf mapping gfn (level 1: 4 KiB, 2: 2 MiB),
         or None."""
         self.memslots(as_id)
-        return self._stage2[as_id].walk(gfn, self.host.mm, self._mmu_config())
+        with self.host._lock:
+            return self._stage2[as_id].walk(gfn, self.host.mm, self._mmu_config())
 
     def table_pages(self, as_id: int = 0) -> tuple[int, int, int, int]:
         """Stage-2 table pages by level (L1, L2, L3, L4): this VM's page-table memory is
         4 KiB each (the host's shared pages are counted on the Host)."""
         self.memslots(as_id)
-        return self._stage2[as_id].table_pages()
+        with self.host._lock:
+            return self._stage2[as_id].table_pages()
 
     def recount_table_pages(self, as_id: int = 0) -> tuple[int, int, int, int]:
         """table_pages, counted again by walking the table (for invariant checks)."""
         self.memslots(as_id)
-        return self._stage2[as_id].recount_table_pages()
+        with self.host._lock:
+            return self._stage2[as_id].recount_table_pages()
 
     def _invalidate_hva_range(self, start: int, end: int) -> None:
         """The MMU notifier (kvm_mmu_notifier_invalidate_range_start): unmap the gfns whose

@@ -134,9 +134,18 @@ class RunReference:
                                                      userspace_addr)
         if rc or change == R.KVM_MR_NONE:
             return rc, change
-        self.cache[as_id] = 0                        # a new memslots generation
-        if change in (R.KVM_MR_DELETE, R.KVM_MR_MOVE, R.KVM_MR_FLAGS_ONLY):
+        self.cache[as_id] = None                     # a new memslots generation caches nothing
+        if change in (R.KVM_MR_DELETE, R.KVM_MR_MOVE):
             self._zap(as_id, old.base_gfn, old.base_gfn + old.npages)
+        elif change == R.KVM_MR_FLAGS_ONLY and flags & LOG:
+            # Logging starts: 4 KiB leaves lose write access, 2 MiB entries go.
+            lo, hi = old.base_gfn, old.base_gfn + old.npages
+            for r in [r for r in self.big[as_id]
+                      if r * REGION_PAGES < hi and lo < (r + 1) * REGION_PAGES]:
+                del self.big[as_id][r]
+            for gfn, leaf in list(self.leaves[as_id].items()):
+                if lo <= gfn < hi:
+                    self.leaves[as_id][gfn] = (leaf[0], False, leaf[2])
         new = self.ref.spaces[as_id].get(id_)
         key = (as_id, id_)
         # kvm_prepare_memory_region: the bitmap goes with LOG_DIRTY_PAGES; a MOVE keeping
@@ -157,13 +166,14 @@ class RunReference:
     # --- KVM_GET_DIRTY_LOG ---
 
     def get_dirty_log(self, slot):
-        """List of bools (npages), or None where the core raises InvalidArgument."""
+        """List of bools (npages), or the errno the core raises (kvm_get_dirty_log_protect:
+        EINVAL for an as_id or id out of range, ENOENT for no slot or no dirty log)."""
         as_id, id_ = slot >> 16, slot & 0xFFFF
-        if as_id >= R.KVM_ADDRESS_SPACE_NUM:
-            return None
+        if as_id >= R.KVM_ADDRESS_SPACE_NUM or id_ >= R.KVM_USER_MEM_SLOTS:
+            return R.errno.EINVAL
         s = self.ref.spaces[as_id].get(id_)
         if s is None or not s.flags & LOG:
-            return None
+            return R.errno.ENOENT
         marks = self.dirty.setdefault((as_id, id_), set())
         out = [i in marks for i in range(s.npages)]
         for i in marks:
@@ -263,8 +273,8 @@ class RunReference:
         slots = self.ref.slots(as_id)
         if not slots:
             return None
-        c = slots[self.cache[as_id]]
-        if c.base_gfn <= gfn < c.base_gfn + c.npages:
+        c = slots[self.cache[as_id]] if self.cache[as_id] is not None else None
+        if c is not None and c.base_gfn <= gfn < c.base_gfn + c.npages:
             st["memslot_cache_hits"] += 1
             return c
         for i, s in enumerate(slots):

@@ -31,14 +31,13 @@ def linear_scan(slots, gfn):
 def kernel_cache_hits(slots, gfns):
     """What search_memslots' last_used_slot would answer, replayed in Python."""
     ordered = sorted(slots, key=lambda s: s[1])
-    cached, hits = 0, 0
+    cached, hits = None, 0            # a new generation caches nothing (v6.6: NULL)
     for gfn in gfns:
-        if not ordered:
-            continue
-        _, base, n = ordered[cached]
-        if base <= gfn < base + n:
-            hits += 1
-            continue
+        if cached is not None:
+            _, base, n = ordered[cached]
+            if base <= gfn < base + n:
+                hits += 1
+                continue
         for i, (_, base, n) in enumerate(ordered):
             if base <= gfn < base + n:
                 cached = i

@@ -218,13 +218,31 @@ def test_2m_leaves_only_where_slot_alignment_and_backing_allow(host, why):
     assert r.stats["mapped_2m"] == 0 and r.stats["mapped_4k"] == 1
 
 
-def test_delete_move_and_flag_change_zap_the_old_range(host, ram):
+def test_starting_dirty_logging_write_protects_instead_of_zapping(host, ram):
+    """kvm_mmu_slot_apply_flags(): reads keep hitting, only writes fault (and mark)."""
     vm = allones.VM(host)
     vm.set_user_memory_region(0, 0, 0, ram.size, ram.hva)
     vm.run(pages(0, 16), 4)
-    assert vm.table_pages() == (1, 1, 1, 1)
     vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, ram.size, ram.hva)   # FLAGS_ONLY
+    assert vm.walk(0) == (ram.base_pfn, False, 1)
+    assert vm.run(pages(0, 16), 4).stats["tlb_hits"] == 16
+    assert not vm.get_dirty_log(0).any()
+    assert vm.run([0], 4, True).stats["faults"] == 1 and vm.get_dirty_log(0)[0]
+
+
+def test_starting_dirty_logging_zaps_2m_leaves(host):
+    vm = allones.VM(host)
+    mem = host.mmap(HPAGE, thp=True)
+    vm.set_user_memory_region(0, 0, 0, HPAGE, mem.hva)
+    vm.read(0)
+    assert vm.walk(0)[2] == 2
+    vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, HPAGE, mem.hva)
     assert vm.walk(0) is None and vm.table_pages() == (0, 0, 0, 1)
+
+
+def test_delete_and_move_zap_the_old_range(host, ram):
+    vm = allones.VM(host)
+    vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, ram.size, ram.hva)
     vm.run(pages(0, 16), 4)
     vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0x100000, ram.size, ram.hva)  # MOVE
     assert vm.walk(0) is None and vm.table_pages() == (0, 0, 0, 1)
@@ -258,8 +276,12 @@ def test_dirty_log_marks_writable_mappings_and_rearms(host, ram):
 
 
 def test_dirty_log_refuses_slots_without_logging(vm, ram):
+    """kvm_get_dirty_log_protect: ENOENT for no slot or no log; EINVAL out of range."""
     vm.set_user_memory_region(0, 0, 0, ram.size, ram.hva)
-    for slot in (0, 5, 2 << 16):
+    for slot in (0, 5):
+        with pytest.raises(allones.NotFound):
+            vm.get_dirty_log(slot)
+    for slot in (2 << 16, 32764):
         with pytest.raises(allones.InvalidArgument):
             vm.get_dirty_log(slot)
 
