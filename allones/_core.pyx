@@ -514,7 +514,11 @@ cdef class Memslots:
 
     @property
     def generation(self):
-        """How many updates made this generation (the kernel's memslots generation)."""
+        """How many committed updates made this generation: 0, 1, 2, ... per address space.
+
+        Not the kernel's numbering (v6.6 starts address space i at i, adds 2 per swap and 4
+        for DELETE/MOVE, even for a MOVE that then fails); only its order is modeled.
+        """
         return self.c.generation
 
     def __len__(self):
