@@ -525,6 +525,31 @@ cdef inline void count_access(run_ctx *r, bint write) noexcept nogil:
         r.st.reads += 1
 
 
+cdef struct walk_cache:
+    # The level-1 table of the last 2 MiB region walked (NULL if that region has none), so
+    # a scan walks one level per access, not four. Valid until the table changes (a fault).
+    gfn_t region
+    s2_table *l1
+
+
+cdef inline bint walk_cached(run_ctx *r, walk_cache *wc, gfn_t gfn, uint64_t *spte,
+                             uint64_t *page_data) noexcept nogil:
+    """s2_walk() through the cache: the leaf's spte and page data, if gfn is mapped."""
+    cdef s2_table *l2
+    cdef int level, i2
+    cdef int i1 = gfn & (PT_ENTRIES - 1)
+    if gfn >> 9 != wc.region:
+        wc.region, wc.l1 = gfn >> 9, NULL
+        l2 = s2_level2(r.s2, gfn, False, NULL)
+        i2 = pt_index(gfn, 2)
+        if l2 != NULL and is_table_entry(l2.spte[i2]):
+            wc.l1 = s2_child(r.s2, l2.spte[i2])
+    if wc.l1 != NULL:
+        spte[0], page_data[0] = wc.l1.spte[i1], wc.l1.data[i1]
+        return (spte[0] & SPTE_PRESENT) != 0
+    return s2_walk(r.s2, &r.cfg, gfn, spte, page_data, &level)
+
+
 cdef run_stop run_loop(run_ctx *r, Py_ssize_t *pos) noexcept nogil:
     """Replay accesses from *pos on; stop at the end or at an access Python must see."""
     cdef Py_ssize_t k
@@ -533,17 +558,18 @@ cdef run_stop run_loop(run_ctx *r, Py_ssize_t *pos) noexcept nogil:
     cdef int level, size
     cdef bint write
     cdef fault_result fr
+    cdef walk_cache wc = walk_cache(~(<gfn_t>0), NULL)
     for k in range(pos[0], r.n):
         gfn = r.gpas[k] >> ALLONES_PAGE_SHIFT
         off = r.gpas[k] & (ALLONES_PAGE_SIZE - 1)
         size, write = r.sizes[k], r.is_write[k]
-        if s2_walk(r.s2, &r.cfg, gfn, &spte, &page_data, &level) and \
-                (not write or spte & SPTE_WRITABLE):
+        if walk_cached(r, &wc, gfn, &spte, &page_data) and (not write or spte & SPTE_WRITABLE):
             r.st.tlb_hits += 1
             count_access(r, write)
             access_memory(r, k, page_data, off, size, write)
             continue
         fr = handle_fault(r, gfn, write)
+        wc.region = ~(<gfn_t>0)       # the table may have changed
         if fr == FAULT_MAPPED:
             s2_walk(r.s2, &r.cfg, gfn, &spte, &page_data, &level)
             count_access(r, write)
