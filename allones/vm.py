@@ -1,8 +1,10 @@
-"""A VM's guest-physical memory: KVM_SET_USER_MEMORY_REGION, lookups and translation.
+"""A VM's guest-physical memory: KVM_SET_USER_MEMORY_REGION, lookups, translation, and
+guest accesses through the stage-2 table (`run`).
 
-`VM` is the Python face of the core's `VMCore`: it coerces arguments, turns the core's
-return codes into `KvmError`s and documents the API. Every rule lives in the core
-(allones/_core.pyx); nothing here decides what is valid.
+`VM` is the Python face of the core's `VMCore` and of the engine (allones/_mmu.pyx): it
+coerces arguments, turns return codes into `KvmError`s, keeps the stage-2 tables in step
+with memslot changes, and documents the API. Every rule lives in the Cython modules; nothing
+here decides what is valid.
 """
 
 import operator

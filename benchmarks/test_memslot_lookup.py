@@ -27,37 +27,33 @@ def info(benchmark, layout, order, n):
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("nslots", NSLOTS)
 class TestLookupBatch:
-    def test_core(self, benchmark, layout, nslots, order):
+    def inputs(self, benchmark, layout, nslots, order, operation):
+        """The layout and its gfn stream, with the benchmark put in its group."""
         lay = layout(nslots)
         gfns = lay.gfns[order]
-        benchmark.group = f"lookup_batch/nslots={nslots}/{order}"
+        benchmark.group = f"{operation}/nslots={nslots}/{order}"
         info(benchmark, lay, order, len(gfns))
+        return lay, gfns
+
+    def test_core(self, benchmark, layout, nslots, order):
+        lay, gfns = self.inputs(benchmark, layout, nslots, order, "lookup_batch")
         ids = benchmark(lay.vm.lookup_batch, gfns)
         assert np.array_equal(ids, lay.expected_ids(gfns))
 
     def test_searchsorted(self, benchmark, layout, nslots, order):
-        lay = layout(nslots)
-        gfns = lay.gfns[order]
-        benchmark.group = f"lookup_batch/nslots={nslots}/{order}"
-        info(benchmark, lay, order, len(gfns))
+        lay, gfns = self.inputs(benchmark, layout, nslots, order, "lookup_batch")
         idx = benchmark(np.searchsorted, lay.bases, gfns, side="right")
         assert idx.shape == gfns.shape
 
     def test_translate(self, benchmark, layout, nslots, order):
-        lay = layout(nslots)
-        gfns = lay.gfns[order]
-        benchmark.group = f"translate/nslots={nslots}/{order}"
-        info(benchmark, lay, order, len(gfns))
+        lay, gfns = self.inputs(benchmark, layout, nslots, order, "translate")
         t = benchmark(lay.vm.translate, gfns)
         hit = lay.expected_ids(gfns) >= 0
         assert np.all(t.pfn[hit] == lay.host.allones_pfn) and not t.writable.any()
 
     def test_translate_searchsorted(self, benchmark, layout, nslots, order):
-        lay = layout(nslots)
-        gfns = lay.gfns[order]
-        benchmark.group = f"translate/nslots={nslots}/{order}"
-        info(benchmark, lay, order, len(gfns))
-        benchmark(np.searchsorted, lay.bases, gfns, side="right")
+        lay, gfns = self.inputs(benchmark, layout, nslots, order, "translate")
+        assert benchmark(np.searchsorted, lay.bases, gfns, side="right").shape == gfns.shape
 
 
 def python_lookup(bases, ends, gfn):
