@@ -1,6 +1,6 @@
 """A plain pure-Python model of one VM's stage-2 MMU and its access engine (`VM.run`): a test oracle.
 
-Written from the spec (/tmp/research/mmu-spec.md, "allones stage-2 MMU and access engine"),
+Written from the spec (docs/engine.md, "allones stage-2 MMU and access engine"),
 independently of allones/_core.pyx. Memslot rules, the memslot table and gfn_to_pfn come from
 tests/reference.py (ReferenceVM), which is reused, not copied. No cleverness and no speed:
 

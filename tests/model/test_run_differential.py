@@ -1,6 +1,6 @@
 """Differential test of the access engine (`VM.run`) against tests/run_reference.py.
 
-The oracle is a plain Python model of the spec (/tmp/research/mmu-spec.md): it reuses
+The oracle is a plain Python model of the spec (docs/engine.md): it reuses
 tests/reference.py for memslots and gfn_to_pfn, keeps mappings in dicts and derives table
 pages from the leaves. Each batch runs on the oracle first (it reads the host's real memory
 and keeps its writes to itself), then on the core; then everything observable must agree:
