@@ -194,6 +194,7 @@ cdef class VMCore:
 cdef int32_t search_memslots(kvm_memslots *slots, gfn_t gfn, lookup_stats *st) noexcept nogil
 cdef void lookup_memslots(kvm_memslots *slots, const gfn_t *gfns, Py_ssize_t n,
                           int32_t *ids, lookup_stats *st) noexcept nogil
+cdef int32_t index_of_id(const kvm_memslots *slots, int32_t id) noexcept nogil
 cdef bint kvm_memslots_overlap(const kvm_memslots *slots, int32_t id,
                                gfn_t start, gfn_t end) noexcept nogil
 

@@ -165,20 +165,20 @@ cdef void lookup_memslots(kvm_memslots *slots, const gfn_t *gfns, Py_ssize_t n,
 
 
 cdef void build_tiles(kvm_memslots *slots) noexcept nogil:
-    """Fill tile_starts/tile_slots from the sorted memslots (room for 2n + 1 tiles)."""
+    """Fill tile_starts/tile_slots from the sorted memslots (room for 2n + 1 tiles):
+    a gap before each slot that does not start where the previous one ended, the slot,
+    and the gap after the last one (slots end below 2^52, so it is never empty)."""
     cdef int32_t i, t = 0
     cdef gfn_t end = 0
     for i in range(slots.used_slots):
-        if slots.memslots[i].base_gfn > end or (i == 0 and slots.memslots[0].base_gfn > 0):
+        if slots.memslots[i].base_gfn > end:
             slots.tile_starts[t], slots.tile_slots[t] = end, -1
             t += 1
         slots.tile_starts[t], slots.tile_slots[t] = slots.memslots[i].base_gfn, i
         t += 1
         end = slots.memslots[i].base_gfn + slots.memslots[i].npages
-    if t == 0 or end != 0:            # the gap after the last slot (none if it ends at 2^64)
-        slots.tile_starts[t], slots.tile_slots[t] = end, -1
-        t += 1
-    slots.nr_tiles = t
+    slots.tile_starts[t], slots.tile_slots[t] = end, -1
+    slots.nr_tiles = t + 1
 
 
 cdef int memslots_alloc(kvm_memslots *slots, int32_t n) noexcept nogil:
@@ -206,7 +206,7 @@ cdef void memslots_free(kvm_memslots *slots) noexcept nogil:
     slots.used_slots = slots.nr_tiles = 0
 
 
-cdef inline int32_t index_of_id(const kvm_memslots *slots, int32_t id) noexcept nogil:
+cdef int32_t index_of_id(const kvm_memslots *slots, int32_t id) noexcept nogil:
     """Index of slot `id` in this generation, or -1 (a linear scan: updates are O(n) anyway)."""
     cdef int32_t i
     for i in range(slots.used_slots):

@@ -23,7 +23,7 @@ from allones._core cimport (ALLONES_PAGE_SHIFT, ALLONES_PAGE_SIZE, HPAGE_SIZE, K
                             KVM_MEM_LOG_DIRTY_PAGES, KVM_PFN_ERR_MASK, KVM_PFN_ERR_RO_FAULT,
                             KVM_PFN_NOSLOT, PAGES_PER_HPAGE, VMA_ACCOUNTING, VMA_THP, HostMM,
                             Memslots,
-                            find_vma, gfn_to_hva_memslot, gfn_to_pfn_memslot, host_vma,
+                            find_vma, gfn_to_hva_memslot, gfn_to_pfn_memslot, host_vma, index_of_id,
                             lookup_stats, search_memslots)
 
 # `data` of a leaf whose memory is only accounted: this bit, and the fill byte below it.
@@ -625,12 +625,11 @@ cdef Py_ssize_t check_accesses(const uint64_t *gpas, const uint8_t *sizes, Py_ss
 # ---------------------------------------------------------------------------------------
 
 class RunStopped(Exception):
-    """Internal: the run stopped early (carries index, errno, stats and used_shared_pt)."""
+    """Internal: the run stopped early (carries index, errno and stats)."""
 
-    def __init__(self, index, errno, stats, used_shared_pt):
+    def __init__(self, index, errno, stats):
         super().__init__(index, errno, stats)
         self.index, self.errno, self.stats = index, errno, stats
-        self.used_shared_pt = used_shared_pt
 
 
 cdef class Stage2:
@@ -664,12 +663,9 @@ cdef class Stage2:
     def take_dirty_log(self, Memslots slots not None, int id):
         """KVM_GET_DIRTY_LOG for slot `id` of `slots` (the current generation): return the
         dirty pages as a bool array, clear the marks, write-protect those pages."""
-        cdef int32_t i
-        cdef kvm_memory_slot *slot = NULL
+        cdef int32_t i = index_of_id(&slots.c, id)
+        cdef kvm_memory_slot *slot = &slots.c.memslots[i] if i >= 0 else NULL
         cdef uint64_t k
-        for i in range(slots.c.used_slots):
-            if slots.c.memslots[i].id == id:
-                slot = &slots.c.memslots[i]
         if slot == NULL or slot.dirty_bitmap == NULL:
             return None
         dirty = np.zeros(slot.npages, dtype=np.bool_)
@@ -707,13 +703,15 @@ cdef mmu_config make_config(dict v):
 def run(Stage2 s2 not None, slots_of, mm_of, cfg_of,
         const uint64_t[::1] gpas not None, const uint8_t[::1] sizes not None,
         const uint8_t[::1] is_write not None, uint64_t[::1] values not None,
-        on_mmio, const uint64_t[::1] mmio_gfns, bint record_exits, make_hugepage):
+        on_mmio, const uint64_t[::1] mmio_gfns, bint record_exits, make_hugepage,
+        used_shared_pt):
     """Replay accesses; see allones.vm.VM.run. slots_of(), mm_of() and cfg_of() give the
     current Memslots, HostMM and config dict; they are asked again whenever the run resumes
     after Python ran (an exit handler may change memslots or mappings; make_hugepage()
-    makes the host's 2 MiB all-ones page on its first use).
+    makes the host's 2 MiB all-ones page on its first use). used_shared_pt() is called once
+    if a shared-pt entry was installed, however the run ends.
 
-    Returns (stats dict, exits array or None, whether a shared-pt entry was installed).
+    Returns (stats dict, exits array or None).
     Raises RunStopped(index, errno, stats).
     """
     cdef run_ctx r
@@ -748,28 +746,32 @@ def run(Stage2 s2 not None, slots_of, mm_of, cfg_of,
     r.nr_exits = 0
     r.used_shared_pt = False
     memset_stats(&r.st)
-    while True:
-        slots, mm = slots_of(), mm_of()   # held across the nogil run: never freed under it
-        r.slots, r.mm, r.cfg = &slots.c, &mm.c, make_config(cfg_of())
-        with nogil:
-            stop = run_loop(&r, &pos)
-        if stop == RUN_HANDLER:
-            try:
-                answer_exit(&r, pos, on_mmio)
-            except BaseException as exc:
-                # What ran stays (as at an EFAULT stop); say so on the exception.
-                exc.allones_index, exc.allones_used_shared_pt = pos, bool(r.used_shared_pt)
-                exc.allones_stats = {name: int(v) for name, v in zip(STAT_NAMES, stats_tuple(&r.st))}
-                raise
-            pos += 1
-        elif stop == RUN_HUGEPAGE:
-            make_hugepage()
-        else:
-            break
+    try:
+        while True:
+            slots, mm = slots_of(), mm_of()   # held across the nogil run: never freed under it
+            r.slots, r.mm, r.cfg = &slots.c, &mm.c, make_config(cfg_of())
+            with nogil:
+                stop = run_loop(&r, &pos)
+            if stop == RUN_HANDLER:
+                try:
+                    answer_exit(&r, pos, on_mmio)
+                except BaseException as exc:
+                    # What ran stays (as at an EFAULT stop); say so on the exception.
+                    exc.allones_index = pos
+                    exc.allones_stats = {name: int(v) for name, v in zip(STAT_NAMES, stats_tuple(&r.st))}
+                    raise
+                pos += 1
+            elif stop == RUN_HUGEPAGE:
+                make_hugepage()
+            else:
+                break
+    finally:
+        if r.used_shared_pt:
+            used_shared_pt()
     stats = {name: int(v) for name, v in zip(STAT_NAMES, stats_tuple(&r.st))}
     if stop == RUN_EFAULT or stop == RUN_ENOMEM:
-        raise RunStopped(pos, EFAULT if stop == RUN_EFAULT else ENOMEM, stats, bool(r.used_shared_pt))
-    return stats, exits[:r.nr_exits] if exits is not None else None, bool(r.used_shared_pt)
+        raise RunStopped(pos, EFAULT if stop == RUN_EFAULT else ENOMEM, stats)
+    return stats, exits[:r.nr_exits] if exits is not None else None
 
 
 cdef void answer_exit(run_ctx *r, Py_ssize_t k, on_mmio) except *:

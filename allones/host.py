@@ -151,6 +151,10 @@ class Host:
             raise ValueError(f"allones_map={allones_map!r} needs the all-ones page: a bit2='allones' host")
         self._vms.add(vm)
 
+    def _use_shared_pt(self) -> None:
+        """A VM installed the first shared-pt entry: the host's one shared table now counts."""
+        self.shared_pt_pages = 1
+
     def _make_allones_hugepage(self) -> None:
         """The shared 2 MiB all-ones page, made when a VM first maps it (real, read-only)."""
         if self.allones_hugepage is None:

@@ -183,7 +183,7 @@ class VM(_core.VMCore):
 
     def lookup_batch(self, gfns, as_id: int = 0) -> np.ndarray:
         """Ids of the memslots holding each gfn, -1 where none does (int32 array)."""
-        ids, _ = self.memslots(as_id).lookup_batch(as_gfns(gfns))
+        ids, _ = self.memslots(as_id).lookup_batch(_as_u64("gfns", gfns))
         return ids
 
     # --- translation ---
@@ -210,7 +210,7 @@ class VM(_core.VMCore):
 
     def translate(self, gfns, write: bool = False, as_id: int = 0) -> Translation:
         """gfn_to_pfn for every gfn of an array, without the GIL; see gfn_to_pfn."""
-        pfn, writable = self.memslots(as_id).translate(self.host.mm, as_gfns(gfns), write)
+        pfn, writable = self.memslots(as_id).translate(self.host.mm, _as_u64("gfns", gfns), write)
         return Translation(pfn, writable)
 
     # --- the access engine ---
@@ -254,25 +254,17 @@ class VM(_core.VMCore):
         self.memslots(as_id)   # checks as_id
         try:
             with self.host._lock:
-                stats, exits, used_shared_pt = _mmu.run(
+                stats, exits = _mmu.run(
                     self._stage2[as_id], lambda: self.memslots(as_id), lambda: self.host.mm,
                     self._mmu_config, gpas, sizes, is_write, values, on_mmio, mmio_gfns,
-                    record_exits, self.host._make_allones_hugepage)
+                    record_exits, self.host._make_allones_hugepage, self.host._use_shared_pt)
         except _mmu.RunStopped as stop:
-            if stop.used_shared_pt:
-                self.host.shared_pt_pages = 1
             cls = BadAddress if stop.errno == BadAddress.code else NoMemory
             exc = cls(f"access {stop.index} (gpa {int(gpas[stop.index]):#x}) has no host memory "
                       "behind it (KVM_RUN: EFAULT)" if cls is BadAddress else
                       f"no memory for a stage-2 table page at access {stop.index}", "kvm_mmu_page_fault")
             exc.index, exc.stats = stop.index, stop.stats
             raise exc from None
-        except BaseException as exc:   # from on_mmio: the mappings made stay, and count
-            if getattr(exc, "allones_used_shared_pt", False):
-                self.host.shared_pt_pages = 1
-            raise
-        if used_shared_pt:
-            self.host.shared_pt_pages = 1   # the host's one shared table, made on first use
         return RunResult(values, stats, exits)
 
     def read(self, gpa: int, size: int = 4, as_id: int = 0) -> int:
@@ -343,15 +335,11 @@ class VM(_core.VMCore):
         return f"VM(memslots={[len(self.memslots(a)) for a in range(KVM_ADDRESS_SPACE_NUM)]}, host={self.host!r})"
 
 
-def as_gfns(gfns) -> np.ndarray:
-    """gfns as a C-contiguous 1-D uint64 array (no copy when it already is one).
+def _as_u64(name: str, values) -> np.ndarray:
+    """values as a C-contiguous 1-D uint64 array (no copy when it already is one).
 
     Raises TypeError for a non-integer dtype, ValueError for negative values or ndim != 1.
     """
-    return _as_u64("gfns", gfns)
-
-
-def _as_u64(name: str, values) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
