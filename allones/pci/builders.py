@@ -1,0 +1,200 @@
+"""Topology builders: a q35-like default, root-port farms, several segments, random ones.
+
+IDs and BARs are those QEMU gives its devices (hw/pci-host/q35.c, hw/isa/lpc_ich9.c,
+hw/ide/ich.c, hw/i2c/smbus_ich9.c, hw/display/bochs-display.c, hw/pci-bridge/gen_pcie_root_port.c,
+hw/virtio/virtio-pci.c, hw/usb/hcd-xhci-pci.c, hw/nvme/ctrl.c).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ecam import Bdf, Segment
+from .topology import Q35_ECAM_BASE, Bar, BarKind, Function, PortType, Topology
+
+MEM32, MEM64, IO = BarKind.MEM32, BarKind.MEM64, BarKind.IO
+QEMU_SUBSYS = (0x1AF4, 0x1100)
+
+
+def _fn(seg, bus, dev, fn, **kw) -> Function:
+    return Function(Bdf(seg, bus, dev, fn), **kw)
+
+
+def q35_chipset(seg: int = 0) -> list[Function]:
+    """What `-machine q35` always has: the MCH, VGA, and ICH9's LPC + AHCI + SMBus at 1f.x."""
+    return [
+        _fn(seg, 0, 0, 0, vendor=0x8086, device=0x29C0, class_code=0x060000, subsystem=QEMU_SUBSYS,
+            name="mch"),
+        _fn(seg, 0, 1, 0, vendor=0x1234, device=0x1111, class_code=0x030000, subsystem=QEMU_SUBSYS,
+            bars=((0, Bar(16 << 20, MEM32, True)), (2, Bar(4096))), rom_size=64 << 10, name="VGA"),
+        _fn(seg, 0, 31, 0, vendor=0x8086, device=0x2918, class_code=0x060100, subsystem=QEMU_SUBSYS,
+            name="ICH9-LPC"),
+        _fn(seg, 0, 31, 2, vendor=0x8086, device=0x2922, class_code=0x010601, subsystem=QEMU_SUBSYS,
+            bars=((4, Bar(32, IO)), (5, Bar(4096))), name="ich9-ahci"),
+        _fn(seg, 0, 31, 3, vendor=0x8086, device=0x2930, class_code=0x0C0500, subsystem=QEMU_SUBSYS,
+            bars=((4, Bar(64, IO)),), name="ICH9-SMB"),
+    ]
+
+
+#: PCIe endpoints QEMU puts behind root ports (modern virtio, xhci, nvme, e1000e)
+ENDPOINTS = {
+    "virtio-net": dict(vendor=0x1AF4, device=0x1041, class_code=0x020000, revision=1,
+                       bars=((1, Bar(4096)), (4, Bar(16 << 10, MEM64, True))), rom_size=256 << 10),
+    "virtio-blk": dict(vendor=0x1AF4, device=0x1042, class_code=0x010000, revision=1,
+                       bars=((1, Bar(4096)), (4, Bar(16 << 10, MEM64, True)))),
+    "qemu-xhci": dict(vendor=0x1B36, device=0x000D, class_code=0x0C0330, bars=((0, Bar(16 << 10, MEM64)),)),
+    "nvme": dict(vendor=0x1B36, device=0x0010, class_code=0x010802, revision=2,
+                 bars=((0, Bar(16 << 10, MEM64)),)),
+    "e1000e": dict(vendor=0x8086, device=0x10D3, class_code=0x020000,
+                   bars=((0, Bar(128 << 10)), (1, Bar(128 << 10)), (2, Bar(32, IO)), (3, Bar(16 << 10)))),
+}
+
+
+def endpoint(seg: int, bus: int, kind: str, dev: int = 0, fn: int = 0) -> Function:
+    """A PCIe endpoint of one of the ENDPOINTS kinds."""
+    return _fn(seg, bus, dev, fn, port_type=PortType.ENDPOINT, subsystem=(0x1AF4, 0x1100),
+               name=kind, **ENDPOINTS[kind])
+
+
+def root_port(seg: int, dev: int, fn: int, secondary: int, subordinate: int | None = None) -> Function:
+    """QEMU's generic pcie-root-port (1b36:000c), a type 1 header on the root bus."""
+    return _fn(seg, 0, dev, fn, vendor=0x1B36, device=0x000C, class_code=0x060400, header_type=1,
+               port_type=PortType.ROOT_PORT, bars=((0, Bar(4096)),), secondary=secondary,
+               subordinate=secondary if subordinate is None else subordinate, name="pcie-root-port")
+
+
+def _ports(seg: int, first_dev: int, n: int):
+    """(dev, fn) of n root ports packed 8 to a device from first_dev, as libvirt lays them out."""
+    for i in range(n):
+        yield first_dev + i // 8, i % 8
+
+
+def q35_default() -> Topology:
+    """The q35 chipset plus four root ports at 00:02.0-3, three with a device behind them."""
+    behind = ["virtio-net", "virtio-blk", "qemu-xhci", None]
+    functions = q35_chipset()
+    for i, (dev, fn) in enumerate(_ports(0, 2, len(behind))):
+        functions.append(root_port(0, dev, fn, secondary=i + 1))
+        if behind[i]:
+            functions.append(endpoint(0, i + 1, behind[i]))
+    return Topology(functions, name="q35")
+
+
+def root_port_farm(nr_ports: int, empty_fraction: float = 0.5, seed: int = 0,
+                   segment: Segment | None = None) -> Topology:
+    """The q35 chipset plus `nr_ports` root ports (8 per device from 00:02), of which
+    round(nr_ports * empty_fraction), chosen by `seed`, are empty hot-plug spares."""
+    if not 0 <= empty_fraction <= 1:
+        raise ValueError(f"empty_fraction {empty_fraction} not in [0, 1]")
+    segment = segment or Segment(Q35_ECAM_BASE)
+    if not 0 <= nr_ports <= min(29 * 8, segment.end_bus - segment.start_bus):
+        raise ValueError(f"{nr_ports} root ports do not fit 29 devices x 8 functions, "
+                         f"or buses {segment.start_bus}..{segment.end_bus}")
+    rng = np.random.default_rng(seed)
+    empty = set(rng.choice(nr_ports, size=round(nr_ports * empty_fraction), replace=False).tolist())
+    kinds = list(ENDPOINTS)
+    seg = segment.segment
+    functions = [f for f in q35_chipset(seg)]
+    for i, (dev, fn) in enumerate(_ports(seg, 2, nr_ports)):
+        bus = segment.start_bus + i + 1
+        functions.append(root_port(seg, dev, fn, secondary=bus))
+        if i not in empty:
+            functions.append(endpoint(seg, bus, kinds[int(rng.integers(len(kinds)))]))
+    return Topology(functions, [segment], name=f"farm-{nr_ports}")
+
+
+def multi_segment(nr_segments: int = 2, nr_ports: int = 8, empty_fraction: float = 0.5,
+                  seed: int = 0, base: int = 0x80_0000_0000) -> Topology:
+    """Segment 0 is the q35 default at 0xB0000000; segments 1.. are root-port farms, each a
+    256-bus window above 4 GiB from `base` (as a pxb-pcie or a second host bridge would be)."""
+    if not 1 <= nr_segments <= 64:
+        raise ValueError(f"nr_segments {nr_segments} not in 1..64")
+    default = q35_default()
+    functions, segments = list(default.functions), list(default.segments)
+    for s in range(1, nr_segments):
+        seg = Segment(base + (s - 1) * (256 << 20), segment=s)
+        farm = root_port_farm(nr_ports, empty_fraction, seed + s, seg)
+        functions += farm.functions
+        segments.append(seg)
+    return Topology(functions, segments, name=f"multi-{nr_segments}")
+
+
+def random_topology(seed: int, nr_root_devices: int = 8, max_depth: int = 3,
+                    segment: Segment | None = None) -> Topology:
+    """A seeded random tree: root-bus devices (some multifunction), root ports with endpoints
+    or switches (an upstream port and downstream ports) behind them, some ports empty."""
+    rng = np.random.default_rng(seed)
+    segment = segment or Segment(Q35_ECAM_BASE)
+    seg, kinds = segment.segment, list(ENDPOINTS)
+    functions = q35_chipset(seg)
+    next_bus = [segment.start_bus + 1]
+
+    def take_bus():
+        if next_bus[0] > segment.end_bus:
+            raise ValueError("random topology ran out of bus numbers")
+        next_bus[0] += 1
+        return next_bus[0] - 1
+
+    def below_port(bus, depth):   # what sits below a root or downstream port: dev 0 only
+        choice = rng.random()
+        if choice < 0.3:
+            return
+        if choice < 0.45 and depth < max_depth:
+            switch_bus = take_bus()
+            downs = []
+            for d in range(int(rng.integers(1, 5))):
+                dbus = take_bus()
+                downs.append((d, dbus))
+                below_port(dbus, depth + 1)
+            sub = next_bus[0] - 1
+            functions.append(_fn(seg, bus, 0, 0, vendor=0x1B36, device=0x000E, class_code=0x060400,
+                                 header_type=1, port_type=PortType.UPSTREAM, secondary=switch_bus,
+                                 subordinate=sub, name="switch-upstream"))
+            for d, dbus in downs:
+                functions.append(_fn(seg, switch_bus, d, 0, vendor=0x1B36, device=0x000F,
+                                     class_code=0x060400, header_type=1, port_type=PortType.DOWNSTREAM,
+                                     secondary=dbus, subordinate=_subtree_end(dbus),
+                                     name="switch-downstream"))
+            return
+        nfn = 1 if rng.random() < 0.8 else int(rng.integers(2, 5))
+        for fn in range(nfn):
+            functions.append(endpoint(seg, bus, kinds[int(rng.integers(len(kinds)))], 0, fn))
+
+    def _subtree_end(bus):
+        ends = [f.subordinate for f in functions if f.is_bridge and f.bdf.bus == bus]
+        return max([bus] + ends)
+
+    devs = sorted(rng.choice(np.arange(2, 31), size=min(nr_root_devices, 29), replace=False).tolist())
+    for dev in devs:
+        if rng.random() < 0.5:
+            for fn in range(int(rng.integers(1, 5))):
+                bus = take_bus()
+                below_port(bus, 1)
+                functions.append(root_port(seg, dev, fn, bus, next_bus[0] - 1))
+        else:
+            for fn in range(1 if rng.random() < 0.7 else int(rng.integers(2, 4))):
+                kind = kinds[int(rng.integers(len(kinds)))]
+                functions.append(_fn(seg, 0, dev, fn, name=kind,   # QEMU: no PCIe cap on the root bus
+                                     **ENDPOINTS[kind]))
+    return Topology(functions, [segment], name=f"random-{seed}")
+
+
+def from_spec(spec: str) -> Topology:
+    """A topology by name: 'q35', 'farm:N[:EMPTY_FRACTION[:SEED]]', 'multi:SEGMENTS[:PORTS]',
+    'random:SEED', or a path to `lspci -n` / QEMU `info pci` text."""
+    name, _, rest = spec.partition(":")
+    args = [a for a in rest.split(":") if a] if rest else []
+    try:
+        if name == "q35" and not args:
+            return q35_default()
+        if name == "farm" and 1 <= len(args) <= 3:
+            return root_port_farm(int(args[0]), *(float(args[1]),) * (len(args) > 1),
+                                  *(int(args[2]),) * (len(args) > 2))
+        if name == "multi" and 1 <= len(args) <= 2:
+            return multi_segment(*map(int, args))
+        if name == "random" and len(args) == 1:
+            return random_topology(int(args[0]))
+    except ValueError as exc:
+        raise ValueError(f"topology {spec!r}: {exc}") from None
+    from .parsers import read_topology   # a file
+    return read_topology(spec)

@@ -1,0 +1,250 @@
+"""Read and write topologies as `lspci -n` text and as QEMU's monitor `info pci` text.
+
+`lspci -n` gives addresses, class and IDs only; bridges' bus numbers are rebuilt the way
+firmware and Linux number buses (depth first, in devfn order: `pci_scan_bridge_extend()`),
+and port types from where a bridge sits. `info pci` (QEMU's hmp_info_pci_device()) gives
+bus numbers, BARs and subsystem IDs but no segment: everything lands in segment 0.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .builders import QEMU_SUBSYS
+from .ecam import Bdf, PciAddressError, Segment
+from .topology import (CLASS_NAMES, Q35_ECAM_BASE, Bar, BarKind, Function, PortType, Topology)
+
+EXTRA_SEGMENT_BASE = 0x80_0000_0000   # where segments > 0 go when text does not say
+
+
+class TopologyParseError(ValueError):
+    """Text that is not a topology; `.line` is the 1-based line number (0: the whole text)."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(f"line {line}: {message}" if line else message)
+        self.line = line
+
+
+# -- lspci -n -------------------------------------------------------------------------------
+
+_LSPCI = re.compile(r"^(?P<bdf>(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\s+"
+                    r"(?P<cls>[0-9a-fA-F]{4}):\s+(?P<ven>[0-9a-fA-F]{4}):(?P<dev>[0-9a-fA-F]{4})"
+                    r"(?:\s+\(rev (?P<rev>[0-9a-fA-F]{2})\))?(?:\s+\(prog-if (?P<pi>[0-9a-fA-F]{2})[^)]*\))?\s*$")
+
+
+def parse_lspci(text: str, name: str = "lspci") -> Topology:
+    """`lspci -n` (or `-nD`) lines: `[dddd:]bb:dd.f cccc: vvvv:dddd [(rev rr)] [(prog-if pp)]`."""
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _LSPCI.match(line.strip())
+        if not m:
+            raise TopologyParseError(lineno, f"not an `lspci -n` line: {line.strip()!r}")
+        try:
+            bdf = Bdf.parse(m["bdf"])
+        except PciAddressError as exc:
+            raise TopologyParseError(lineno, str(exc)) from None
+        cls = int(m["cls"], 16) << 8 | int(m["pi"] or "0", 16)
+        rows.append((lineno, bdf, cls, int(m["ven"], 16), int(m["dev"], 16), int(m["rev"] or "0", 16)))
+    if not rows:
+        raise TopologyParseError(0, "no functions in the text")
+    return _number_buses(rows, name)
+
+
+def _number_buses(rows, name) -> Topology:
+    """Give bridges (class 0604) bus numbers depth first, as firmware does; check every
+    function's bus is reached."""
+    by_bus, seen = {}, set()
+    for row in rows:
+        if row[1] in seen:
+            raise TopologyParseError(row[0], f"{row[1]} appears twice")
+        seen.add(row[1])
+        by_bus.setdefault((row[1].segment, row[1].bus), []).append(row)
+    functions, numbered = [], set()
+    for seg in sorted({b.segment for _, b, *_ in rows}):
+        root = min(bus for s, bus in by_bus if s == seg)
+        _walk(seg, root, None, [root], by_bus, functions, numbered)
+    for (seg, bus), rs in by_bus.items():
+        if (seg, bus) not in numbered:
+            raise TopologyParseError(rs[0][0], f"{rs[0][1]}: no bridge leads to bus {bus:02x} "
+                                     "(bus numbers are not depth-first from the root bus)")
+    segments = [Segment(Q35_ECAM_BASE if s == 0 else EXTRA_SEGMENT_BASE + (s - 1) * (256 << 20), s)
+                for s in sorted({f.bdf.segment for f in functions})]
+    return Topology(functions, segments, name=name)
+
+
+def _walk(seg, bus, parent_type, next_bus, by_bus, out, numbered):
+    numbered.add((seg, bus))
+    for lineno, bdf, cls, ven, dev, rev in sorted(by_bus.get((seg, bus), []), key=lambda r: r[1]):
+        bridge = cls >> 8 == 0x0604
+        if parent_type is None:
+            port = PortType.ROOT_PORT if bridge else None
+        elif parent_type == PortType.UPSTREAM:
+            port = PortType.DOWNSTREAM if bridge else PortType.ENDPOINT
+        else:
+            port = PortType.UPSTREAM if bridge else PortType.ENDPOINT
+        kw = dict(vendor=ven, device=dev, class_code=cls, revision=rev, port_type=port)
+        try:
+            if bridge:
+                next_bus[0] += 1
+                secondary = next_bus[0]
+                _walk(seg, secondary, port, next_bus, by_bus, out, numbered)
+                out.append(Function(bdf, header_type=1, secondary=secondary, subordinate=next_bus[0], **kw))
+            else:
+                out.append(Function(bdf, **kw))
+        except ValueError as exc:
+            raise TopologyParseError(lineno, str(exc)) from None
+
+
+def format_lspci(topology: Topology) -> str:
+    """`lspci -nD` text of a topology."""
+    lines = []
+    for f in topology:
+        rev = f" (rev {f.revision:02x})" if f.revision else ""
+        pi = f" (prog-if {f.class_code & 0xFF:02x})" if f.class_code & 0xFF else ""
+        lines.append(f"{f.bdf} {f.class_code >> 8:04x}: {f.vendor:04x}:{f.device:04x}{rev}{pi}")
+    return "\n".join(lines) + "\n"
+
+
+# -- QEMU info pci --------------------------------------------------------------------------
+
+_HEAD = re.compile(r"^\s*Bus\s+(\d+), device\s+(\d+), function (\d+):\s*$")
+_CLASS = re.compile(r"^\s*(?:Class (\d{4})|(.+?)): PCI device ([0-9a-f]{4}):([0-9a-f]{4})\s*$")
+_BAR = re.compile(r"^\s*BAR(\d): (?:I/O at (0x[0-9a-f]+) \[(0x[0-9a-f]+)\]|(32|64) bit( prefetchable)? "
+                  r"memory at (0x[0-9a-f]+) \[(0x[0-9a-f]+)\])\.\s*$")
+_FIELDS = {
+    "subsystem": re.compile(r"^\s*PCI subsystem ([0-9a-f]{4}):([0-9a-f]{4})\s*$"),
+    "primary": re.compile(r"^\s*BUS (\d+)\.\s*$"),
+    "secondary": re.compile(r"^\s*secondary bus (\d+)\.\s*$"),
+    "subordinate": re.compile(r"^\s*subordinate bus (\d+)\.\s*$"),
+}
+_IGNORED = re.compile(r"^\s*(IRQ \d+.*|(IO|memory|prefetchable memory) range \[.*\]|id \".*\"|\(qemu\).*)\s*$")
+_CLASS_BY_NAME = {}
+for _code, _name in CLASS_NAMES.items():
+    _CLASS_BY_NAME.setdefault(_name, _code)
+
+
+def parse_info_pci(text: str, name: str = "info-pci") -> Topology:
+    """QEMU monitor `info pci` text (as hmp_info_pci_device() prints it) as a topology.
+
+    Class descriptions map back through QEMU's table (prog-if is not printed: 0); a BAR's
+    size is end - start + 1 (mod 2^64, so unassigned BARs at all-ones still give it); BAR6 is
+    the expansion ROM; a function with bridge lines is a type 1 header. Port types: a bridge on
+    bus 0 is a root port, other functions are conventional PCI unless behind a bridge.
+    """
+    records, cur = [], None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or _IGNORED.match(line):
+            continue
+        m = _HEAD.match(line)
+        if m:
+            cur = dict(line=lineno, bus=int(m[1]), dev=int(m[2]), fn=int(m[3]), bars=[], rom=0)
+            records.append(cur)
+            continue
+        if cur is None:
+            raise TopologyParseError(lineno, f"expected '  Bus N, device N, function N:', got {line.strip()!r}")
+        _info_pci_line(cur, lineno, line)
+    if not records:
+        raise TopologyParseError(0, "no functions in the text")
+    bridge_secondaries = {r["secondary"] for r in records if "secondary" in r}
+    functions = [_info_pci_function(r, bridge_secondaries) for r in records]
+    return Topology(functions, name=name)
+
+
+def _info_pci_line(cur, lineno, line):
+    m = _CLASS.match(line)
+    if m and "class" not in cur:
+        if m[1] is not None:
+            cur["class"] = int(m[1]) << 8            # "Class %04" PRId64: decimal
+        elif m[2].strip() in _CLASS_BY_NAME:
+            cur["class"] = _CLASS_BY_NAME[m[2].strip()] << 8
+        else:
+            raise TopologyParseError(lineno, f"unknown class description {m[2].strip()!r}")
+        cur["vendor"], cur["device"] = int(m[3], 16), int(m[4], 16)
+        return
+    m = _BAR.match(line)
+    if m:
+        index = int(m[1])
+        start, end = (int(m[2], 16), int(m[3], 16)) if m[2] else (int(m[6], 16), int(m[7], 16))
+        size = (end - start + 1) % (1 << 64)
+        try:
+            if index == 6:
+                cur["rom"] = size
+            elif m[2]:
+                cur["bars"].append((index, Bar(size, BarKind.IO)))
+            else:
+                cur["bars"].append((index, Bar(size, BarKind.MEM64 if m[4] == "64" else BarKind.MEM32,
+                                               bool(m[5]))))
+        except ValueError as exc:
+            raise TopologyParseError(lineno, str(exc)) from None
+        return
+    for key, pattern in _FIELDS.items():
+        m = pattern.match(line)
+        if m:
+            cur[key] = (int(m[1], 16), int(m[2], 16)) if key == "subsystem" else int(m[1])
+            return
+    raise TopologyParseError(lineno, f"not an `info pci` line: {line.strip()!r}")
+
+
+def _info_pci_function(r, bridge_secondaries) -> Function:
+    if "class" not in r:
+        raise TopologyParseError(r["line"], "function without a class/ID line")
+    bridge = "secondary" in r
+    behind = r["bus"] in bridge_secondaries
+    port = (PortType.ROOT_PORT if bridge and not behind else PortType.UPSTREAM if bridge
+            else PortType.ENDPOINT if behind else None)
+    try:
+        return Function(Bdf(0, r["bus"], r["dev"], r["fn"]), vendor=r["vendor"], device=r["device"],
+                        class_code=r["class"], header_type=int(bridge), subsystem=r.get("subsystem", (0, 0)),
+                        bars=tuple(r["bars"]), rom_size=r["rom"], port_type=port,
+                        secondary=r.get("secondary"), subordinate=r.get("subordinate"))
+    except ValueError as exc:
+        raise TopologyParseError(r["line"], str(exc)) from None
+
+
+def format_info_pci(topology: Topology) -> str:
+    """QEMU `info pci` text of a (segment 0) topology, devices of a bus after its bridge."""
+    out = []
+    for seg, bus in topology.root_buses():
+        if seg == 0:
+            _info_pci_bus(topology, bus, out)
+    return "\n".join(out) + "\n"
+
+
+def _info_pci_bus(topology, bus, out):
+    for f in topology.children(0, bus):
+        out.append(f"  Bus {f.bdf.bus:2d}, device {f.bdf.dev:3d}, function {f.bdf.fn}:")
+        cls = f.class_code >> 8
+        desc = CLASS_NAMES.get(cls, f"Class {cls:04d}")
+        out.append(f"    {desc}: PCI device {f.vendor:04x}:{f.device:04x}")
+        if f.subsystem != (0, 0):
+            out.append(f"      PCI subsystem {f.subsystem[0]:04x}:{f.subsystem[1]:04x}")
+        if f.is_bridge:
+            out += [f"      BUS {f.bdf.bus}.", f"      secondary bus {f.secondary}.",
+                    f"      subordinate bus {f.subordinate}."]
+        for index, bar in f.bars:
+            if bar.kind == BarKind.IO:
+                out.append(f"      BAR{index}: I/O at 0xffffffffffffffff [{bar.size - 2:#06x}].")
+            else:
+                bits = 64 if bar.kind == BarKind.MEM64 else 32
+                pf = " prefetchable" if bar.prefetchable else ""
+                out.append(f"      BAR{index}: {bits} bit{pf} memory at 0xffffffffffffffff [{bar.size - 2:#010x}].")
+        if f.rom_size:
+            out.append(f"      BAR6: 32 bit memory at 0xffffffffffffffff [{f.rom_size - 2:#010x}].")
+        out.append('      id ""')
+        if f.is_bridge:
+            _info_pci_bus(topology, f.secondary, out)
+
+
+def read_topology(path: str | Path) -> Topology:
+    """A topology from a file of `info pci` or `lspci -n` text (told apart by content)."""
+    text = Path(path).read_text()
+    if _HEAD.search(text.split("\n", 3)[0] + "\n" + "\n".join(text.splitlines()[:4])) or "PCI device" in text:
+        return parse_info_pci(text, name=Path(path).stem)
+    return parse_lspci(text, name=Path(path).stem)
+
+
+__all__ = ["TopologyParseError", "parse_lspci", "format_lspci", "parse_info_pci", "format_info_pci",
+           "read_topology", "QEMU_SUBSYS"]

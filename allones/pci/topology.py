@@ -1,0 +1,274 @@
+"""Topologies: which PCI functions are present, and how bridges connect buses.
+
+A `Topology` is a set of present `Function`s placed in ECAM `Segment`s. Everything else in
+the windows is a hole: a function that does not exist and reads as all-ones. Builders for
+common layouts live in `builders.py`, text parsers in `parsers.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+
+from .ecam import Bdf, PciAddressError, Segment
+
+Q35_ECAM_BASE = 0xB000_0000   # QEMU q35: MCH_HOST_BRIDGE_PCIEXBAR_DEFAULT
+
+
+class PortType(IntEnum):
+    """PCI_EXP_TYPE_* (include/uapi/linux/pci_regs.h): the PCIe capability's port type."""
+
+    ENDPOINT = 0x0
+    LEG_END = 0x1
+    ROOT_PORT = 0x4
+    UPSTREAM = 0x5
+    DOWNSTREAM = 0x6
+    PCI_BRIDGE = 0x7
+    PCIE_BRIDGE = 0x8
+    RC_END = 0x9
+    RC_EC = 0xA
+
+
+class BarKind(IntEnum):
+    """The low bits a memory or I/O BAR reads back (PCI_BASE_ADDRESS_*)."""
+
+    IO = 0x1          # PCI_BASE_ADDRESS_SPACE_IO
+    MEM32 = 0x0       # PCI_BASE_ADDRESS_MEM_TYPE_32
+    MEM64 = 0x4       # PCI_BASE_ADDRESS_MEM_TYPE_64
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One base address register: its size (a power of two) and kind."""
+
+    size: int
+    kind: BarKind = BarKind.MEM32
+    prefetchable: bool = False
+
+    def __post_init__(self):
+        low = 4 if self.kind == BarKind.IO else 16
+        limit = 1 << 64 if self.kind == BarKind.MEM64 else 1 << 32
+        if self.size & (self.size - 1) or not low <= self.size <= limit // 2:
+            raise ValueError(f"BAR size {self.size:#x} must be a power of two in "
+                             f"[{low:#x}, {limit // 2:#x}]")
+        if self.prefetchable and self.kind == BarKind.IO:
+            raise ValueError("an I/O BAR cannot be prefetchable")
+
+
+#: class code (base class, subclass) names, as QEMU's pci_class_descriptions[] prints them
+CLASS_NAMES = {
+    0x0100: "SCSI controller", 0x0101: "IDE controller", 0x0106: "SATA controller",
+    0x0108: "NVMe controller", 0x0180: "Storage controller", 0x0200: "Ethernet controller",
+    0x0280: "Network controller", 0x0300: "VGA controller", 0x0380: "Display controller",
+    0x0401: "Audio controller", 0x0403: "Audio controller", 0x0600: "Host bridge",
+    0x0601: "ISA bridge", 0x0604: "PCI bridge", 0x0680: "Bridge", 0x0700: "Serial port",
+    0x0c03: "USB controller", 0x0c05: "SMBus",
+}
+
+
+@dataclass(frozen=True)
+class Function:
+    """A present PCI function: what its config header says.
+
+    `bars` maps a BAR index (0..5; 0..1 for bridges) to its Bar; a 64-bit BAR also uses the
+    next index. `multifunction` None means "set on every function of a device that has more
+    than one", as QEMU does. `port_type` None means a conventional PCI function (no PCIe
+    capability, 256 bytes of config space). Bridges (header type 1) have bus numbers.
+    """
+
+    bdf: Bdf
+    vendor: int
+    device: int
+    class_code: int
+    header_type: int = 0
+    revision: int = 0
+    subsystem: tuple[int, int] = (0, 0)
+    bars: tuple[tuple[int, Bar], ...] = ()
+    rom_size: int = 0
+    port_type: PortType | None = None
+    multifunction: bool | None = None
+    secondary: int | None = None
+    subordinate: int | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        for what, v, bits in (("vendor", self.vendor, 16), ("device", self.device, 16),
+                              ("class code", self.class_code, 24), ("revision", self.revision, 8)):
+            if not 0 <= v < 1 << bits:
+                raise ValueError(f"{self.bdf}: {what} {v:#x} does not fit {bits} bits")
+        if self.vendor in (0xFFFF, 0x0000):
+            raise ValueError(f"{self.bdf}: vendor {self.vendor:#06x} means 'no function'")
+        if self.header_type not in (0, 1):
+            raise ValueError(f"{self.bdf}: header type {self.header_type} (0 or 1 modeled)")
+        self._check_bars()
+        if self.is_bridge != (self.secondary is not None):
+            raise ValueError(f"{self.bdf}: a bridge (header type 1) needs secondary and subordinate "
+                             "bus numbers, and only a bridge has them")
+        if self.is_bridge and not self.bdf.bus < self.secondary <= self.subordinate <= 255:
+            raise ValueError(f"{self.bdf}: bus numbers need bus < secondary <= subordinate <= 255, "
+                             f"got {self.bdf.bus}, {self.secondary}, {self.subordinate}")
+
+    def _check_bars(self):
+        nr = 2 if self.is_bridge else 6
+        used = set()
+        for index, bar in self.bars:
+            span = {index, index + 1} if bar.kind == BarKind.MEM64 else {index}
+            if max(span) >= nr or span & used:
+                raise ValueError(f"{self.bdf}: BAR{index} overlaps another or passes BAR{nr - 1}")
+            used |= span
+        if self.rom_size and (self.rom_size & (self.rom_size - 1) or self.rom_size < 2048):
+            raise ValueError(f"{self.bdf}: ROM size {self.rom_size:#x} not a power of two >= 2 KiB")
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.header_type == 1
+
+    @property
+    def is_pcie(self) -> bool:
+        return self.port_type is not None
+
+    @property
+    def class_name(self) -> str:
+        return CLASS_NAMES.get(self.class_code >> 8, f"Class {self.class_code >> 8:04x}")
+
+
+@dataclass
+class Topology:
+    """Present functions in ECAM segments; the rest of each window is holes.
+
+    Every function's bus must be a segment's root bus (its start bus, or one listed in
+    `extra_roots` as (segment, bus), for host bridges the firmware describes separately) or a
+    bridge's secondary bus.
+    """
+
+    functions: list[Function]
+    segments: list[Segment] = field(default_factory=lambda: [Segment(Q35_ECAM_BASE)])
+    extra_roots: tuple[tuple[int, int], ...] = ()
+    name: str = ""
+
+    def __post_init__(self):
+        self.functions = sorted(self.functions, key=lambda f: f.bdf)
+        self._by_bdf = {}
+        for f in self.functions:
+            if f.bdf in self._by_bdf:
+                raise ValueError(f"{f.bdf} appears twice")
+            self._by_bdf[f.bdf] = f
+        seg_ids = [s.segment for s in self.segments]
+        if len(set(seg_ids)) != len(seg_ids):
+            raise ValueError(f"segment numbers repeat: {seg_ids}")
+        self._segments = {s.segment: s for s in self.segments}
+        self._check_windows_disjoint()
+        self._check_reachable()
+
+    def _check_windows_disjoint(self):
+        spans = sorted((s.window_start, s.window_end, s.segment) for s in self.segments)
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError(f"ECAM windows of segments {a} and {b} overlap")
+
+    def _check_reachable(self):
+        roots = {(s.segment, s.start_bus) for s in self.segments} | set(self.extra_roots)
+        secondaries = {}
+        for f in self.functions:
+            seg = self._segments.get(f.bdf.segment)
+            if seg is None:
+                raise PciAddressError(f"{f.bdf}: no ECAM segment {f.bdf.segment}")
+            if not seg.has_bus(f.bdf.bus) or (f.is_bridge and not seg.has_bus(f.subordinate)):
+                raise PciAddressError(f"{f.bdf}: bus outside segment {seg.segment}'s buses "
+                                      f"{seg.start_bus:#x}..{seg.end_bus:#x}")
+            if f.is_bridge:
+                key = (f.bdf.segment, f.secondary)
+                if key in secondaries or key in roots:
+                    raise ValueError(f"{f.bdf}: secondary bus {f.secondary:#x} already in use")
+                secondaries[key] = f
+        for f in self.functions:
+            key = (f.bdf.segment, f.bdf.bus)
+            if key not in roots and key not in secondaries:
+                raise ValueError(f"{f.bdf}: no bridge leads to bus {f.bdf.bus:#04x}")
+            parent = secondaries.get(key)
+            if parent is not None and not (parent.secondary <= f.bdf.bus
+                                           and (not f.is_bridge or f.subordinate <= parent.subordinate)):
+                raise ValueError(f"{f.bdf}: buses outside its parent bridge {parent.bdf}'s range")
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.functions)
+
+    def __iter__(self):
+        return iter(self.functions)
+
+    def __contains__(self, bdf) -> bool:
+        return bdf in self._by_bdf
+
+    def get(self, bdf: Bdf) -> Function | None:
+        """The function at bdf, or None for a hole."""
+        return self._by_bdf.get(bdf)
+
+    def segment(self, number: int) -> Segment:
+        try:
+            return self._segments[number]
+        except KeyError:
+            raise PciAddressError(f"no ECAM segment {number}") from None
+
+    def root_buses(self) -> list[tuple[int, int]]:
+        """(segment, bus) of every root bus, in order."""
+        return sorted({(s.segment, s.start_bus) for s in self.segments} | set(self.extra_roots))
+
+    def is_multifunction(self, bdf: Bdf) -> bool:
+        """The multifunction bit (bit 7 of PCI_HEADER_TYPE) as `bdf` reports it."""
+        f = self._by_bdf[bdf]
+        if f.multifunction is not None:
+            return f.multifunction
+        return any(Bdf(bdf.segment, bdf.bus, bdf.dev, fn) in self._by_bdf
+                   for fn in range(8) if fn != bdf.fn)
+
+    def children(self, segment: int, bus: int) -> list[Function]:
+        """Functions on one bus, by devfn."""
+        return [f for f in self.functions if f.bdf.segment == segment and f.bdf.bus == bus]
+
+    def bridge_to(self, segment: int, bus: int) -> Function | None:
+        """The bridge whose secondary bus is `bus`, or None for a root bus."""
+        for f in self.functions:
+            if f.is_bridge and f.bdf.segment == segment and f.secondary == bus:
+                return f
+        return None
+
+    def with_functions(self, functions, name: str | None = None) -> Topology:
+        """A copy with another function list (validated again)."""
+        return replace(self, functions=list(functions), name=self.name if name is None else name)
+
+    # -- display ----------------------------------------------------------------------------
+
+    def format_tree(self) -> str:
+        """A tree of segments, buses, functions and the buses behind bridges (for people)."""
+        lines = []
+        for seg in self.segments:
+            lines.append(f"segment {seg.segment:04x}: ECAM {seg.window_start:#x}..{seg.window_end - 1:#x}"
+                         f", buses {seg.start_bus:02x}-{seg.end_bus:02x}")
+            for s, bus in self.root_buses():
+                if s == seg.segment:
+                    self._tree_bus(lines, s, bus, "")
+        return "\n".join(lines)
+
+    def _tree_bus(self, lines, segment, bus, indent):
+        kids = self.children(segment, bus)
+        lines.append(f"{indent}└─ bus {bus:02x}" + ("" if kids else " (empty)"))
+        indent += "   "
+        for i, f in enumerate(kids):
+            last = i == len(kids) - 1
+            lines.append(f"{indent}{'└─' if last else '├─'} {_describe(f, self.is_multifunction(f.bdf))}")
+            if f.is_bridge:
+                self._tree_bus(lines, segment, f.secondary, indent + ("   " if last else "│  "))
+
+
+def _describe(f: Function, multifunction: bool) -> str:
+    text = f"{f.bdf.bus:02x}:{f.bdf.dev:02x}.{f.bdf.fn} [{f.vendor:04x}:{f.device:04x}] {f.class_name}"
+    extras = [f.name] if f.name else []
+    if f.port_type is not None:
+        extras.append(f.port_type.name.lower().replace("_", " "))
+    if multifunction:
+        extras.append("multifunction")
+    if f.is_bridge:
+        extras.append(f"buses {f.secondary:02x}-{f.subordinate:02x}")
+    return text + (f" ({', '.join(extras)})" if extras else "")
