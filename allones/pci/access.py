@@ -1,0 +1,229 @@
+"""Config accesses as arrays, the two mechanisms that carry them, and the scan driver.
+
+A scan is a program: a generator that yields batches of config accesses (ACCESS_DTYPE
+arrays) and is sent back the values its reads returned, so what it touches next can depend
+on what it read (Linux probes function 1 only if function 0 says "multifunction"). A driver
+answers each batch: `plan()` from the topology's own config spaces (fast, pure Python),
+`allones.vmm.Vmm.run_scan()` through a VM's memslots and exits.
+
+Mechanisms (arch/x86/pci/common.c: raw_pci_read()):
+- MMCONFIG: a load/store in the segment's ECAM window, which memslots can back;
+- CONF1: `outl(0xCF8, address)` then an access to `0xCFC + (reg & 3)`: two port I/O exits
+  to userspace, whatever backs the ECAM window (arch/x86/pci/direct.c: pci_conf1_read()).
+  It reaches segment 0 and registers below 0x100 only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ecam import Bdf, Segment
+from .topology import Topology
+
+ACCESS_DTYPE = np.dtype([("segment", "<u2"), ("bus", "u1"), ("dev", "u1"), ("fn", "u1"),
+                         ("reg", "<u2"), ("size", "u1"), ("is_write", "u1"), ("mech", "u1"),
+                         ("value", "<u8")])
+MMCONFIG, CONF1 = 0, 1
+MECH_NAMES = {MMCONFIG: "mmconfig", CONF1: "conf1"}
+#: how a scan's accesses reach config space (DESIGN.md section 4)
+MECHANISMS = ("mmconfig", "conf1", "linux-x86-default")
+PCI_CONF1_ADDRESS_PORT, PCI_CONF1_DATA_PORT = 0xCF8, 0xCFC
+
+
+def all_ones(size) -> int | np.ndarray:
+    """What a read of `size` bytes returns from nothing (PCI_ERROR_RESPONSE, masked)."""
+    if np.isscalar(size):
+        return (1 << 8 * int(size)) - 1
+    size = np.asarray(size, dtype=np.uint64)
+    return np.where(size >= 8, np.uint64(2**64 - 1), (np.uint64(1) << (np.uint64(8) * size)) - np.uint64(1))
+
+
+def conf1_address(bus: int, dev: int, fn: int, reg: int) -> int:
+    """PCI_CONF1_ADDRESS(): the dword written to 0xCF8 (enable bit, bus, devfn, reg & 0xFC)."""
+    return 0x8000_0000 | bus << 16 | dev << 11 | fn << 8 | (reg & 0xFC)
+
+
+def accesses(segment, bus, dev, fn, reg, size, is_write=0, value=0, mech=MMCONFIG) -> np.ndarray:
+    """An ACCESS_DTYPE array from scalars or equal-length arrays (broadcast)."""
+    cols = np.broadcast_arrays(*(np.asarray(x) for x in (segment, bus, dev, fn, reg, size, is_write,
+                                                          mech, value)))
+    out = np.empty(cols[0].shape, dtype=ACCESS_DTYPE).reshape(-1)
+    for name, col in zip(("segment", "bus", "dev", "fn", "reg", "size", "is_write", "mech", "value"), cols):
+        out[name] = col.reshape(-1)
+    return out
+
+
+class ConfigCycles:
+    """How a guest reaches config space under one mechanism: the scans' access helpers.
+
+    `read`, `write` are generators (use `yield from`) returning what the access returns;
+    each yields one access as a tuple in ACCESS_DTYPE's field order. `batch` builds an
+    array of reads to yield at once. `early=True` is the kernel's early port I/O
+    (arch/x86/pci/early.c: read_pci_config()), conf1 whatever the mechanism. An access no
+    mechanism reaches (conf1 past 0xFF or in another segment) returns all-ones without any
+    access, as pci_conf1_read() fails with -EINVAL and pci_bus_read_config_*() then reports
+    PCI_ERROR_RESPONSE.
+    """
+
+    def __init__(self, mechanism: str = "linux-x86-default"):
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"unknown mechanism {mechanism!r}; one of {', '.join(MECHANISMS)}")
+        self.mechanism = mechanism
+
+    def route(self, segment: int, reg: int, early: bool = False) -> int | None:
+        """MMCONFIG, CONF1, or None (nothing reaches it)."""
+        conf1_ok = segment == 0 and reg < 0x100
+        if early or self.mechanism == "conf1":
+            return CONF1 if conf1_ok else None
+        if self.mechanism == "mmconfig":
+            return MMCONFIG
+        return CONF1 if conf1_ok else MMCONFIG      # raw_pci_read(): conf1 first on x86
+
+    def read(self, bdf: Bdf, reg: int, size: int, early: bool = False):
+        mech = self.route(bdf.segment, reg, early)
+        if mech is None:
+            return (1 << 8 * size) - 1
+        return (yield (bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, 0, mech, 0))
+
+    def write(self, bdf: Bdf, reg: int, size: int, value: int, early: bool = False):
+        mech = self.route(bdf.segment, reg, early)
+        if mech is not None:
+            yield (bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, 1, mech, value)
+
+    def batch(self, segment: int, bus, dev, fn, reg, size) -> np.ndarray:
+        """Reads that do not depend on each other, each routed (all must be reachable)."""
+        reg = np.asarray(reg)
+        low, high = self.route(segment, 0), self.route(segment, 0x100)
+        if low is None or (high is None and np.any(reg >= 0x100)):
+            raise ValueError(f"mechanism {self.mechanism} cannot reach segment {segment}"
+                             + ("" if low is None else " registers past 0xff"))
+        mech = np.where(reg < 0x100, low, MMCONFIG if high is None else high)
+        return accesses(segment, bus, dev, fn, reg, size, 0, 0, mech)
+
+
+def drive(program, responder) -> np.ndarray:
+    """Run a scan program; `responder.one(access)` answers a single access (a tuple) and
+    `responder.batch(array)` an array of them. Returns every access in order, reads
+    carrying the value they returned."""
+    done, singles = [], []
+    try:
+        item = next(program)
+        while True:
+            if type(item) is tuple:
+                value = responder.one(item)
+                singles.append(item if item[6] else item[:8] + (value,))
+            else:
+                if singles:
+                    done.append(np.array(singles, dtype=ACCESS_DTYPE))
+                    singles = []
+                value = np.asarray(responder.batch(item), dtype=np.uint64)
+                item = item.copy()
+                reads = item["is_write"] == 0
+                item["value"][reads] = value[reads]
+                done.append(item)
+            item = program.send(value)
+    except StopIteration:
+        pass
+    if singles:
+        done.append(np.array(singles, dtype=ACCESS_DTYPE))
+    return np.concatenate(done) if done else np.empty(0, dtype=ACCESS_DTYPE)
+
+
+class SpacesResponder:
+    """Answers from ConfigSpaces: what a correct VMM returns (holes all-ones, writes dropped)."""
+
+    def __init__(self, spaces):
+        self.spaces = spaces
+        self.present = present_keys(spaces.topology)
+
+    def one(self, a: tuple) -> int:
+        key = a[0] << 16 | a[1] << 8 | a[2] << 3 | a[3]
+        if a[6]:
+            self.spaces.write_key(key, a[4], a[5], a[8])
+            return 0
+        return self.spaces.read_key(key, a[4], a[5])
+
+    def batch(self, batch: np.ndarray) -> np.ndarray:
+        values = all_ones(batch["size"]).astype(np.uint64)
+        for i in np.flatnonzero(np.isin(page_keys(batch), self.present)).tolist():
+            values[i] = self.one(tuple(batch[i].tolist()))
+        return values
+
+
+def present_keys(topology: Topology) -> np.ndarray:
+    """page_keys() of the present functions, sorted."""
+    return np.array(sorted(bdf_key(f.bdf) for f in topology), dtype=np.uint64)
+
+
+def _present_mask(batch, topology: Topology) -> np.ndarray:
+    return np.isin(page_keys(batch), present_keys(topology))
+
+
+def bdf_key(bdf: Bdf) -> int:
+    """segment << 16 | bus << 8 | devfn: one integer per function."""
+    return bdf.segment << 16 | bdf.bus << 8 | bdf.dev << 3 | bdf.fn
+
+
+def page_keys(batch) -> np.ndarray:
+    """segment << 16 | bus << 8 | devfn of each access: one key per function."""
+    return (batch["segment"].astype(np.uint64) << np.uint64(16) | batch["bus"].astype(np.uint64) << np.uint64(8)
+            | batch["dev"].astype(np.uint64) << np.uint64(3) | batch["fn"].astype(np.uint64))
+
+
+def key_bdf(key: int) -> Bdf:
+    return Bdf(key >> 16, key >> 8 & 0xFF, key >> 3 & 31, key & 7)
+
+
+@dataclass
+class ScanResult:
+    """Every access a scan made, in order, with what reads returned."""
+
+    name: str
+    mechanism: str
+    topology: Topology
+    accesses: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.accesses)
+
+    def hole_mask(self) -> np.ndarray:
+        """True for accesses to functions that are not present."""
+        return ~_present_mask(self.accesses, self.topology)
+
+    def touched(self, mech: int | None = None, holes: bool | None = None) -> set[Bdf]:
+        """Functions accessed (by one mechanism; only holes or only present ones)."""
+        sel = np.ones(len(self.accesses), dtype=bool)
+        if mech is not None:
+            sel &= self.accesses["mech"] == mech
+        if holes is not None:
+            sel &= self.hole_mask() == holes
+        return {key_bdf(int(k)) for k in np.unique(page_keys(self.accesses[sel]))}
+
+    def counts(self) -> dict[str, int]:
+        """Accesses by mechanism and kind: `{mech}_{reads,writes,hole_reads,hole_writes}`."""
+        holes, out = self.hole_mask(), {"accesses": len(self.accesses)}
+        for mech, name in MECH_NAMES.items():
+            m = self.accesses["mech"] == mech
+            w = self.accesses["is_write"] == 1
+            out[f"{name}_reads"] = int(np.count_nonzero(m & ~w))
+            out[f"{name}_writes"] = int(np.count_nonzero(m & w))
+            out[f"{name}_hole_reads"] = int(np.count_nonzero(m & ~w & holes))
+            out[f"{name}_hole_writes"] = int(np.count_nonzero(m & w & holes))
+        return out
+
+    def mmconfig_gpas(self) -> np.ndarray:
+        """Guest-physical addresses of the MMCONFIG accesses, in order."""
+        return gpas_of(self.topology, self.accesses[self.accesses["mech"] == MMCONFIG])
+
+
+def gpas_of(topology: Topology, batch: np.ndarray) -> np.ndarray:
+    """ECAM gpa of each access (all must be in a segment's window)."""
+    out = np.empty(len(batch), dtype=np.uint64)
+    for number in np.unique(batch["segment"]).tolist():
+        sel = batch["segment"] == number
+        seg: Segment = topology.segment(number)
+        b = batch[sel]
+        out[sel] = seg.gpas(b["bus"], b["dev"], b["fn"], b["reg"])
+    return out

@@ -1,0 +1,255 @@
+"""What Linux reads and writes in config space: the probe of drivers/pci/probe.c (v6.1) and
+the x86-64 boot sequence around it.
+
+Each function mirrors the kernel function named in its docstring, access for access where
+the access decides what is touched next (vendor IDs, header types, bridges' bus numbers),
+and in kind and count for the rest (capability walks, BAR sizing).
+"""
+
+from __future__ import annotations
+
+from .access import ConfigCycles
+from .config_space import (PCI_BASE_ADDRESS_0, PCI_CAP_ID_EXP, PCI_CAP_ID_MSI, PCI_CAP_ID_PM,
+                           PCI_CAPABILITY_LIST, PCI_CLASS_PROG, PCI_COMMAND, PCI_HEADER_TYPE,
+                           PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN, PCI_PRIMARY_BUS, PCI_ROM_ADDRESS,
+                           PCI_ROM_ADDRESS1, PCI_STATUS, PCI_STATUS_CAP_LIST, PCI_SUBSYSTEM_VENDOR_ID,
+                           PCI_BRIDGE_CONTROL, PCI_IO_BASE, PCI_PREF_MEMORY_BASE)
+from .ecam import Bdf, NR_DEVS
+from .topology import PortType, Topology
+
+PCI_VENDOR_ID, PCI_CLASS_REVISION, PCI_CLASS_DEVICE = 0x00, 0x08, 0x0A
+PCI_CFG_SPACE_SIZE, PCI_CFG_SPACE_EXP_SIZE = 0x100, 0x1000
+PCI_COMMAND_DECODE_ENABLE = 0x3          # PCI_COMMAND_IO | PCI_COMMAND_MEMORY
+PCI_ROM_ADDRESS_MASK = 0xFFFFF800
+PCI_FIND_CAP_TTL = 48
+PCI_CAP_ID_VPD, PCI_CAP_ID_PCIX, PCI_CAP_ID_MSIX, PCI_CAP_ID_EA = 0x03, 0x07, 0x11, 0x14
+#: extended capabilities pci_init_capabilities() looks for on a PCIe function (v6.1 order:
+#: ARI, SR-IOV, ATS, PRI, PASID, ACS, PTM, AER (ERR), DPC, L1SS via ASPM, DOE)
+PROBE_EXT_CAPS = (0x0E, 0x10, 0x0F, 0x13, 0x1B, 0x0D, 0x1F, 0x01, 0x1D, 0x1E, 0x2E)
+
+
+class Dev:
+    """What the kernel remembers of a function while probing it (a slice of struct pci_dev)."""
+
+    __slots__ = ("bdf", "hdr_type", "multifunction", "pcie_cap", "port_type", "cfg_size", "bus_parent")
+
+    def __init__(self, bdf: Bdf, parent: Dev | None):
+        self.bdf, self.bus_parent = bdf, parent
+        self.hdr_type = self.pcie_cap = self.port_type = 0
+        self.multifunction = False
+        self.cfg_size = PCI_CFG_SPACE_SIZE
+
+
+def probe(cycles: ConfigCycles, topology: Topology, rng, pcie_scan_all: bool = False):
+    """The ACPI root bridges' scan: pci_scan_child_bus() of every root bus, in order."""
+    for segment, bus in topology.root_buses():
+        yield from scan_child_bus(cycles, segment, bus, None, pcie_scan_all)
+
+
+def scan_child_bus(cycles, segment, bus, bridge: Dev | None, pcie_scan_all):
+    """pci_scan_child_bus_extend(): every slot, then every bridge found (pass 0 then 1)."""
+    found = []
+    for dev in range(NR_DEVS):
+        found += yield from scan_slot(cycles, segment, bus, dev, bridge, pcie_scan_all)
+    bridges = [d for d in found if d.hdr_type & 0x7F == 1]
+    for d in bridges:
+        yield from scan_bridge(cycles, d, 0, pcie_scan_all)
+    for d in bridges:
+        yield from scan_bridge(cycles, d, 1, pcie_scan_all)
+
+
+def only_one_child(bridge: Dev | None, pcie_scan_all: bool) -> bool:
+    """only_one_child(): below a PCIe root or downstream port only device 0 exists, unless
+    pci=pcie_scan_all (PCI_SCAN_ALL_PCIE_DEVS)."""
+    if bridge is None or not bridge.pcie_cap or pcie_scan_all:
+        return False
+    return bridge.port_type in (PortType.ROOT_PORT, PortType.DOWNSTREAM)
+
+
+def scan_slot(cycles, segment, bus, dev, bridge, pcie_scan_all):
+    """pci_scan_slot(): function 0; functions 1-7 only if it is multifunction (next_fn());
+    a missing function 0 ends the slot (no hypervisor_isolated_pci_functions())."""
+    if dev > 0 and only_one_child(bridge, pcie_scan_all):
+        return []
+    found, fn = [], 0
+    while True:
+        d = yield from scan_device(cycles, Bdf(segment, bus, dev, fn), bridge)
+        if d is not None:
+            found.append(d)
+        elif fn == 0:
+            break
+        if fn >= 7 or (d is not None and not d.multifunction):
+            break
+        if fn == 0 and d is not None:
+            found[0].multifunction = True     # fn 0 said so; later fns inherit it
+        fn += 1
+    return found
+
+
+def scan_device(cycles, bdf: Bdf, parent: Dev | None):
+    """pci_scan_device(): pci_bus_read_dev_vendor_id() then pci_setup_device() and
+    pci_device_add() (pci_init_capabilities)."""
+    ids = yield from cycles.read(bdf, PCI_VENDOR_ID, 4)
+    if ids in (0xFFFFFFFF, 0, 0x0000FFFF, 0xFFFF0000):    # PCI_POSSIBLE_ERROR() and broken boards
+        return None
+    dev = Dev(bdf, parent)
+    yield from setup_device(cycles, dev)
+    yield from init_capabilities(cycles, dev)
+    return dev
+
+
+def setup_device(cycles, dev: Dev):
+    """pci_setup_device(): header type, PCIe port type, class, config space size, IRQ, BARs."""
+    dev.hdr_type = yield from cycles.read(dev.bdf, PCI_HEADER_TYPE, 1)
+    dev.multifunction = bool(dev.hdr_type & 0x80)
+    yield from set_pcie_port_type(cycles, dev)
+    yield from cycles.read(dev.bdf, PCI_CLASS_REVISION, 4)
+    yield from cfg_space_size(cycles, dev)
+    yield from cycles.read(dev.bdf, PCI_INTERRUPT_PIN, 1)     # pci_read_irq()
+    yield from cycles.read(dev.bdf, PCI_INTERRUPT_LINE, 1)
+    if dev.hdr_type & 0x7F == 1:
+        yield from read_bases(cycles, dev, 2, PCI_ROM_ADDRESS1)
+        yield from read_bridge_windows(cycles, dev)
+    else:
+        yield from read_bases(cycles, dev, 6, PCI_ROM_ADDRESS)
+        yield from cycles.read(dev.bdf, PCI_SUBSYSTEM_VENDOR_ID, 2)
+        yield from cycles.read(dev.bdf, PCI_SUBSYSTEM_VENDOR_ID + 2, 2)
+
+
+def find_capability(cycles, dev: Dev, cap: int):
+    """pci_find_capability(): status's CAP_LIST bit, the list head, then the list."""
+    status = yield from cycles.read(dev.bdf, PCI_STATUS, 2)
+    if not status & PCI_STATUS_CAP_LIST:
+        return 0
+    pos = yield from cycles.read(dev.bdf, PCI_CAPABILITY_LIST, 1)
+    for _ in range(PCI_FIND_CAP_TTL):               # __pci_find_next_cap_ttl()
+        if pos < 0x40:
+            break
+        pos &= ~3
+        ent = yield from cycles.read(dev.bdf, pos, 2)
+        if ent & 0xFF == 0xFF:
+            break
+        if ent & 0xFF == cap:
+            return pos
+        pos = ent >> 8
+    return 0
+
+
+def find_ext_capability(cycles, dev: Dev, cap: int):
+    """pci_find_ext_capability(): walk from 0x100 (only with 4 KiB of config space)."""
+    if dev.cfg_size <= PCI_CFG_SPACE_SIZE:
+        return 0
+    pos = PCI_CFG_SPACE_SIZE
+    for _ in range((PCI_CFG_SPACE_EXP_SIZE - PCI_CFG_SPACE_SIZE) // 8):
+        header = yield from cycles.read(dev.bdf, pos, 4)
+        if header == 0 or header == 0xFFFFFFFF:
+            return 0
+        if header & 0xFFFF == cap:
+            return pos
+        pos = header >> 20 & 0xFFC
+        if pos < PCI_CFG_SPACE_SIZE:
+            return 0
+    return 0
+
+
+def set_pcie_port_type(cycles, dev: Dev):
+    """set_pcie_port_type(): find the PCIe capability, read its flags and device caps."""
+    pos = yield from find_capability(cycles, dev, PCI_CAP_ID_EXP)
+    if not pos:
+        return
+    dev.pcie_cap = pos
+    flags = yield from cycles.read(dev.bdf, pos + 2, 2)
+    dev.port_type = flags >> 4 & 0xF
+    yield from cycles.read(dev.bdf, pos + 4, 4)       # PCI_EXP_DEVCAP: max payload
+
+
+def cfg_space_size(cycles, dev: Dev):
+    """pci_cfg_space_size(): host bridges and PCIe functions try 0x100 (through MMCONFIG on
+    x86), then pci_ext_cfg_is_aliased() compares it with the header (CONFIG_PCI_QUIRKS)."""
+    class_rev = yield from cycles.read(dev.bdf, PCI_CLASS_REVISION, 4)
+    if class_rev >> 16 != 0x0600 and not dev.pcie_cap:
+        pcix = yield from find_capability(cycles, dev, PCI_CAP_ID_PCIX)
+        if not pcix:
+            return
+    status = yield from cycles.read(dev.bdf, PCI_CFG_SPACE_SIZE, 4)
+    if status == 0xFFFFFFFF:
+        return
+    header = yield from cycles.read(dev.bdf, PCI_VENDOR_ID, 4)
+    for pos in range(PCI_CFG_SPACE_SIZE, PCI_CFG_SPACE_EXP_SIZE, PCI_CFG_SPACE_SIZE):
+        value = yield from cycles.read(dev.bdf, pos, 4)
+        if value != header:
+            dev.cfg_size = PCI_CFG_SPACE_EXP_SIZE
+            return
+
+
+def read_bases(cycles, dev: Dev, howmany: int, rom: int):
+    """pci_read_bases(): decode off, size each BAR with __pci_read_base(), decode back on."""
+    cmd = yield from cycles.read(dev.bdf, PCI_COMMAND, 2)
+    if cmd & PCI_COMMAND_DECODE_ENABLE:
+        yield from cycles.write(dev.bdf, PCI_COMMAND, 2, cmd & ~PCI_COMMAND_DECODE_ENABLE)
+    pos = 0
+    while pos < howmany:
+        reg = PCI_BASE_ADDRESS_0 + 4 * pos
+        is64 = yield from read_base(cycles, dev, reg, 0xFFFFFFFF)
+        pos += 2 if is64 else 1
+    yield from read_base(cycles, dev, rom, PCI_ROM_ADDRESS_MASK)
+    if cmd & PCI_COMMAND_DECODE_ENABLE:
+        yield from cycles.write(dev.bdf, PCI_COMMAND, 2, cmd)
+
+
+def read_base(cycles, dev: Dev, reg: int, mask: int):
+    """__pci_read_base(): save, write all-ones, read the size mask, restore; and the upper
+    half of a 64-bit memory BAR."""
+    saved = yield from cycles.read(dev.bdf, reg, 4)
+    yield from cycles.write(dev.bdf, reg, 4, saved | mask)
+    sz = yield from cycles.read(dev.bdf, reg, 4)
+    yield from cycles.write(dev.bdf, reg, 4, saved)
+    is64 = mask == 0xFFFFFFFF and sz != 0xFFFFFFFF and sz & 0x7 == 0x4   # memory, TYPE_64
+    if is64:
+        saved_hi = yield from cycles.read(dev.bdf, reg + 4, 4)
+        yield from cycles.write(dev.bdf, reg + 4, 4, 0xFFFFFFFF)
+        yield from cycles.read(dev.bdf, reg + 4, 4)
+        yield from cycles.write(dev.bdf, reg + 4, 4, saved_hi)
+    return is64
+
+
+def read_bridge_windows(cycles, dev: Dev):
+    """pci_read_bridge_windows(): probe whether the I/O and prefetchable windows exist
+    (write a pattern, read it back, restore)."""
+    for reg, size, pattern in ((PCI_IO_BASE, 2, 0xE0F0), (PCI_PREF_MEMORY_BASE, 4, 0xFFF0FFF0)):
+        saved = yield from cycles.read(dev.bdf, reg, size)
+        if saved == 0:
+            yield from cycles.write(dev.bdf, reg, size, pattern)
+            yield from cycles.read(dev.bdf, reg, size)
+            yield from cycles.write(dev.bdf, reg, size, 0)
+
+
+def init_capabilities(cycles, dev: Dev):
+    """pci_init_capabilities(): each init looks for its capability; PM and MSI are set up."""
+    for cap in (PCI_CAP_ID_EA, PCI_CAP_ID_MSI, PCI_CAP_ID_MSIX):   # pci_ea_init, pci_msi_init
+        pos = yield from find_capability(cycles, dev, cap)
+        if pos and cap == PCI_CAP_ID_MSI:                          # disable MSI
+            ctrl = yield from cycles.read(dev.bdf, pos + 2, 2)
+            if ctrl & 1:
+                yield from cycles.write(dev.bdf, pos + 2, 2, ctrl & ~1)
+    pm = yield from find_capability(cycles, dev, PCI_CAP_ID_PM)   # pci_pm_init
+    if pm:
+        yield from cycles.read(dev.bdf, pm + 2, 2)                # PCI_PM_PMC
+        yield from cycles.read(dev.bdf, pm + 4, 2)                # PCI_PM_CTRL
+    yield from find_capability(cycles, dev, PCI_CAP_ID_VPD)      # pci_vpd_init
+    for cap in PROBE_EXT_CAPS:
+        if cap == 0x0E and not dev.multifunction:
+            continue                                               # ARI only matters then
+        yield from find_ext_capability(cycles, dev, cap)
+
+
+def scan_bridge(cycles, dev: Dev, pass_: int, pcie_scan_all: bool):
+    """pci_scan_bridge_extend() for a bridge firmware already numbered: pass 0 reads its bus
+    numbers, quiets master-abort reporting and scans the secondary bus; pass 1 rereads."""
+    buses = yield from cycles.read(dev.bdf, PCI_PRIMARY_BUS, 4)
+    bctl = yield from cycles.read(dev.bdf, PCI_BRIDGE_CONTROL, 2)
+    yield from cycles.write(dev.bdf, PCI_BRIDGE_CONTROL, 2, bctl & ~0x20)   # ~MASTER_ABORT
+    secondary = buses >> 8 & 0xFF
+    if pass_ == 0 and secondary > dev.bdf.bus:
+        yield from scan_child_bus(cycles, dev.bdf.segment, secondary, dev, pcie_scan_all)
+    yield from cycles.write(dev.bdf, PCI_BRIDGE_CONTROL, 2, bctl)

@@ -1,0 +1,117 @@
+"""Scan programs and the registry that names them.
+
+Every scan is a generator `program(cycles, topology, rng, **options)` (see access.py) and
+is run by `plan_scan()` against the topology's own config spaces, or by a VMM against a VM.
+Linux's scans are in linux.py; here are the ones that are not Linux.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from . import linux
+from .access import ConfigCycles, ScanResult, SpacesResponder, drive
+from .config_space import ConfigSpaces
+from .ecam import Bdf, NR_DEVS, NR_FNS
+from .topology import Topology
+
+
+def brute_force(cycles: ConfigCycles, topology: Topology, rng):
+    """Every function of every bus of every window, one dword at offset 0, one bus a batch."""
+    dev, fn = np.divmod(np.arange(NR_DEVS * NR_FNS), NR_FNS)
+    for seg in topology.segments:
+        for bus in range(seg.start_bus, seg.end_bus + 1):
+            yield cycles.batch(seg.segment, bus, dev, fn, 0, 4)
+
+
+def full_dump(cycles: ConfigCycles, topology: Topology, rng, max_buses: int | None = None):
+    """Every dword of every function (`lspci -xxxx` of everything): 1024 dwords a function,
+    or 64 where the mechanism stops at 0x100; `max_buses` per segment bounds the work."""
+    top = 0x100 if cycles.mechanism == "conf1" else 0x1000
+    devfn, reg = np.divmod(np.arange(NR_DEVS * NR_FNS * (top // 4)), top // 4)
+    for seg in topology.segments:
+        if cycles.mechanism == "conf1" and seg.segment:
+            continue
+        last = seg.end_bus if max_buses is None else min(seg.end_bus, seg.start_bus + max_buses - 1)
+        for bus in range(seg.start_bus, last + 1):
+            yield cycles.batch(seg.segment, bus, devfn >> 3, devfn & 7, reg * 4, 4)
+
+
+def firmware(cycles: ConfigCycles, topology: Topology, rng):
+    """A simple enumerate-everything firmware walk (EDK2 PciBusDxe's PciPciDeviceInfoCollector
+    shape): per bus, per device, function 0's vendor/device dword; if present, its header
+    type, and functions 1-7 only if multifunction; bridges are followed depth first into the
+    bus number their secondary register holds."""
+    for segment, root in topology.root_buses():
+        yield from _firmware_bus(cycles, segment, root)
+
+
+def _firmware_bus(cycles, segment, bus):
+    for dev in range(NR_DEVS):
+        for fn in range(NR_FNS):
+            bdf = Bdf(segment, bus, dev, fn)
+            ids = yield from cycles.read(bdf, 0x00, 4)
+            if ids & 0xFFFF in (0xFFFF, 0x0000):
+                if fn == 0:
+                    break
+                continue
+            header = yield from cycles.read(bdf, 0x0E, 1)
+            yield from cycles.read(bdf, 0x08, 4)                     # class, revision
+            if header & 0x7F == 1:
+                buses = yield from cycles.read(bdf, 0x18, 4)
+                secondary = buses >> 8 & 0xFF
+                if secondary > bus:
+                    yield from _firmware_bus(cycles, segment, secondary)
+            if fn == 0 and not header & 0x80:
+                break
+
+
+def random_scan(cycles: ConfigCycles, topology: Topology, rng, count: int = 4096,
+                write_fraction: float = 0.0):
+    """`count` dword accesses at random functions and registers of the windows (seeded)."""
+    for seg in topology.segments:
+        n = count // len(topology.segments)
+        bus = rng.integers(seg.start_bus, seg.end_bus + 1, n)
+        top = 0x100 if cycles.route(seg.segment, 0x100) is None else 0x1000
+        if cycles.route(seg.segment, 0) is None:
+            continue
+        batch = cycles.batch(seg.segment, bus, rng.integers(0, NR_DEVS, n), rng.integers(0, NR_FNS, n),
+                             rng.integers(0, top // 4, n) * 4, 4)
+        batch["is_write"] = rng.random(n) < write_fraction
+        batch["value"] = np.where(batch["is_write"] == 1, rng.integers(0, 2**32, n, dtype=np.uint64), 0)
+        yield batch
+
+
+#: name -> scan program (see each one's docstring)
+SCANS = {
+    "linux-probe": linux.probe,
+    "brute-force": brute_force,
+    "full-dump": full_dump,
+    "firmware": firmware,
+    "random": random_scan,
+}
+
+
+def scan_program(topology: Topology, name: str, mechanism: str = "linux-x86-default",
+                 seed: int = 0, **options):
+    """(ConfigCycles, generator) of the named scan; ValueError for unknown names or options."""
+    if name not in SCANS:
+        raise ValueError(f"unknown scan {name!r}; one of {', '.join(SCANS)}")
+    cycles = ConfigCycles(mechanism)
+    program = SCANS[name]
+    allowed = set(inspect.signature(program).parameters) - {"cycles", "topology", "rng"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"scan {name!r} takes no option {', '.join(sorted(unknown))} "
+                         f"(it takes: {', '.join(sorted(allowed)) or 'none'})")
+    return cycles, program(cycles, topology, np.random.default_rng(seed), **options)
+
+
+def plan_scan(topology: Topology, name: str, mechanism: str = "linux-x86-default", seed: int = 0,
+              **options) -> ScanResult:
+    """Run a scan against the topology's own config spaces: every access, in order, with the
+    values a correct VMM returns (holes all-ones)."""
+    cycles, program = scan_program(topology, name, mechanism, seed, **options)
+    return ScanResult(name, mechanism, topology, drive(program, SpacesResponder(ConfigSpaces(topology))))
