@@ -152,6 +152,21 @@ class SpacesResponder:
         return values
 
 
+def recorded_answers(topology: Topology, recorded: np.ndarray) -> np.ndarray:
+    """A copy of `recorded` whose read values are what a correct VMM answers, replaying its
+    writes in order through fresh config spaces (the oracle for replays and traces)."""
+    from .config_space import ConfigSpaces
+    responder = SpacesResponder(ConfigSpaces(topology))
+    out = recorded.copy()
+    for i in np.flatnonzero(np.isin(page_keys(recorded), responder.present)).tolist():
+        value = responder.one(tuple(recorded[i].tolist()))
+        if not recorded[i]["is_write"]:
+            out[i]["value"] = value
+    holes = ~np.isin(page_keys(recorded), responder.present) & (recorded["is_write"] == 0)
+    out["value"][holes] = all_ones(recorded["size"][holes])
+    return out
+
+
 def present_keys(topology: Topology) -> np.ndarray:
     """page_keys() of the present functions, sorted."""
     return np.array(sorted(bdf_key(f.bdf) for f in topology), dtype=np.uint64)

@@ -1,0 +1,205 @@
+"""The userspace side of a VM (the VMM, e.g. QEMU): back the ECAM windows' holes with
+memslots, emulate present functions' config space on exits, and run guest scans.
+
+Backings (DESIGN.md section 1; the experiments layer adds MMU policies on top):
+- "mmio": no memslot; every hole access exits to userspace, which answers all-ones;
+- "filled": per-VM anonymous memory filled with 0xff in KVM_MEM_READONLY slots;
+- "allones": KVM_MEM_ALLONES slots (the RFC), on a Host whose bit 2 means that;
+- "pci-hole": KVM_MEM_PCI_HOLE slots (the series' v2), on a Host whose bit 2 means that.
+Present functions' pages never get a slot: their accesses exit and are emulated here.
+Port I/O config cycles (conf1: 0xCF8 then 0xCFC) always exit: two exits per access.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .constants import KVM_MEM_ALLONES, KVM_MEM_READONLY, PAGE_SHIFT, PROT_READ
+from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, all_ones, drive, gpas_of,
+                         page_keys, present_keys, recorded_answers)
+from .pci.config_space import ConfigSpaces
+from .pci.holes import HoleLayout, hole_layout
+from .pci.scans import plan_scan, scan_program
+from .pci.topology import Topology
+from .vm import VM
+
+BACKINGS = ("mmio", "filled", "allones", "pci-hole")
+PIO_EXITS_PER_CONF1 = 2      # outl(0xCF8) + the 0xCFC access, each KVM_EXIT_IO
+
+
+@dataclass
+class ScanRun:
+    """What one scan cost on one VM, split by mechanism.
+
+    `accesses` counts the scan's accesses (see ScanResult.counts); `stats` sums VM.run's
+    counters over the MMCONFIG part; `pio_exits` counts conf1's port I/O exits;
+    `mmio_emulated` the MMCONFIG exits the VMM emulated for present functions;
+    `mismatches` counts reads that returned something other than the plan (or trace)
+    expected, for holes and for present functions.
+    """
+
+    name: str
+    mechanism: str
+    backing: str
+    accesses: dict
+    stats: dict
+    pio_exits: int
+    mmio_emulated: int
+    hole_mismatches: int
+    present_mismatches: int
+    wall_seconds: float
+    values: np.ndarray = field(repr=False, default=None)
+
+    def as_row(self) -> dict:
+        """A flat dict for tables and CSV."""
+        row = dict(scan=self.name, mechanism=self.mechanism, backing=self.backing)
+        row.update(self.accesses)
+        row.update({f"kvm_{k}": v for k, v in self.stats.items()})
+        row.update(pio_exits=self.pio_exits, mmio_emulated=self.mmio_emulated,
+                   hole_mismatches=self.hole_mismatches, present_mismatches=self.present_mismatches,
+                   wall_seconds=self.wall_seconds)
+        return row
+
+
+class Vmm:
+    """One VM's userspace: its topology's holes backed one way, exits emulated.
+
+    Installing is all or nothing: if a memslot or mapping fails, those already made are
+    removed and the error propagates (MemslotBudgetError when the layout needs more slots
+    than `budget`).
+    """
+
+    def __init__(self, vm: VM, topology: Topology, backing: str = "allones", *,
+                 first_slot: int = 1, budget: int | None = None):
+        if backing not in BACKINGS:
+            raise ValueError(f"unknown backing {backing!r}; one of {', '.join(BACKINGS)}")
+        if backing in ("allones", "pci-hole") and vm.host.pci_hole != (backing == "pci-hole"):
+            raise ValueError(f"backing {backing!r} needs a Host(bit2={backing.replace('-', '_')!r})")
+        self.vm, self.topology, self.backing = vm, topology, backing
+        self.layout: HoleLayout = hole_layout(topology, *(() if budget is None else (budget,)))
+        self.spaces = ConfigSpaces(topology)
+        self.slots: list[int] = []
+        self.mappings: list[int] = []
+        self._present = present_keys(topology)
+        self._present_gfns = np.array(sorted(
+            topology.segment(f.bdf.segment).gpa(f.bdf.bus, f.bdf.dev, f.bdf.fn) >> PAGE_SHIFT
+            for f in topology), dtype=np.uint64)
+        self.mmio_emulated = 0
+        self._install(first_slot)
+
+    def _install(self, first_slot: int) -> None:
+        if self.backing == "mmio":
+            return
+        try:
+            for i, run in enumerate(self.layout.runs):
+                hva, flags = 0, KVM_MEM_ALLONES      # the same bit 2 as KVM_MEM_PCI_HOLE
+                if self.backing == "filled":
+                    hva = self.vm.host.mmap(run.size, fill=0xFF, prot=PROT_READ).hva
+                    self.mappings.append(hva)
+                    flags = KVM_MEM_READONLY
+                self.vm.set_user_memory_region(first_slot + i, flags, run.gpa, run.size, hva)
+                self.slots.append(first_slot + i)
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Delete this VMM's memslots and unmap its memory."""
+        for slot in reversed(self.slots):
+            self.vm.set_user_memory_region(slot, 0, 0, 0, 0)
+        for hva in self.mappings:
+            self.vm.host.munmap(hva)
+        self.slots, self.mappings = [], []
+
+    # -- exits ------------------------------------------------------------------------------
+
+    def handle_mmio(self, gpa: int, size: int, is_write: bool, value: int):
+        """KVM_EXIT_MMIO in an ECAM window: emulate a present function; holes all-ones."""
+        for seg in self.topology.segments:
+            if seg.window_start <= gpa < seg.window_end:
+                bdf, reg = seg.decode(gpa)
+                self.mmio_emulated += 1
+                if is_write:
+                    self.spaces.write(bdf, reg, size, value)
+                    return None
+                return self.spaces.read(bdf, reg, size)
+        return None
+
+    def conf1(self, batch: np.ndarray) -> np.ndarray:
+        """Port I/O config cycles (every one exits twice); values read."""
+        values = all_ones(batch["size"]).astype(np.uint64)
+        for i in np.flatnonzero(np.isin(page_keys(batch), self._present)).tolist():
+            a = batch[i]
+            key = int(a["segment"]) << 16 | int(a["bus"]) << 8 | int(a["dev"]) << 3 | int(a["fn"])
+            if a["is_write"]:
+                self.spaces.write_key(key, int(a["reg"]), int(a["size"]), int(a["value"]))
+            else:
+                values[i] = self.spaces.read_key(key, int(a["reg"]), int(a["size"]))
+        return values
+
+    # -- scans ------------------------------------------------------------------------------
+
+    def _mmconfig(self, batch: np.ndarray, totals: dict) -> np.ndarray:
+        gpas = gpas_of(self.topology, batch)
+        result = self.vm.run(gpas, batch["size"], batch["is_write"], batch["value"],
+                             on_mmio=self.handle_mmio, mmio_gfns=self._present_gfns)
+        for k, v in result.stats.items():
+            totals[k] = totals.get(k, 0) + v
+        return result.values
+
+    def replay(self, scan: ScanResult, name: str | None = None) -> ScanRun:
+        """Replay recorded accesses (a plan or a trace) in order, each mechanism's run of
+        accesses in one go; count reads that return other than recorded."""
+        start, emulated = time.perf_counter(), self.mmio_emulated
+        acc, totals = scan.accesses, {}
+        values = np.empty(len(acc), dtype=np.uint64)
+        mech = acc["mech"]
+        cuts = np.flatnonzero(np.diff(mech)) + 1
+        for lo, hi in zip(np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [len(acc)])).tolist()):
+            part = acc[lo:hi]
+            values[lo:hi] = self._mmconfig(part, totals) if mech[lo] == MMCONFIG else self.conf1(part)
+        return self._result(scan.name if name is None else name, scan, values, totals, start, emulated)
+
+    def _result(self, name, scan, values, totals, start, emulated) -> ScanRun:
+        reads = scan.accesses["is_write"] == 0
+        wrong = reads & (values != scan.accesses["value"])
+        holes = scan.hole_mask()
+        return ScanRun(name, scan.mechanism, self.backing, scan.counts(), totals,
+                       PIO_EXITS_PER_CONF1 * int(np.count_nonzero(scan.accesses["mech"] == CONF1)),
+                       self.mmio_emulated - emulated, int(np.count_nonzero(wrong & holes)),
+                       int(np.count_nonzero(wrong & ~holes)), time.perf_counter() - start, values)
+
+    def run_scan(self, name: str, mechanism: str = "linux-x86-default", seed: int = 0,
+                 reactive: bool = False, **options) -> ScanRun:
+        """Run a named scan on this VM. By default the scan is planned against the topology
+        (what a correct VMM answers) and replayed; `reactive=True` feeds the scan program
+        the values the VM really returns, access by access (slower; the same result unless
+        the VM answers wrongly, which the default reports as mismatches)."""
+        if not reactive:
+            return self.replay(plan_scan(self.topology, name, mechanism, seed, **options))
+        start, emulated, totals = time.perf_counter(), self.mmio_emulated, {}
+        _, program = scan_program(self.topology, name, mechanism, seed, **options)
+        got = drive(program, _VmResponder(self, totals))
+        expected = ScanResult(name, mechanism, self.topology, recorded_answers(self.topology, got))
+        return self._result(name, expected, got["value"], totals, start, emulated)
+
+
+class _VmResponder:
+    """Answers a reactive scan through the VM (MMCONFIG) and the port I/O handler (conf1)."""
+
+    def __init__(self, vmm: Vmm, totals: dict):
+        self.vmm, self.totals = vmm, totals
+
+    def one(self, a: tuple) -> int:
+        return int(self.batch(np.array([a], dtype=ACCESS_DTYPE))[0])
+
+    def batch(self, batch: np.ndarray) -> np.ndarray:
+        values = np.empty(len(batch), dtype=np.uint64)
+        conf1 = batch["mech"] == CONF1
+        values[conf1] = self.vmm.conf1(batch[conf1])
+        values[~conf1] = self.vmm._mmconfig(batch[~conf1], self.totals)
+        return values
+
