@@ -67,28 +67,34 @@ class ConfigCycles:
     PCI_ERROR_RESPONSE.
     """
 
-    def __init__(self, mechanism: str = "linux-x86-default"):
+    def __init__(self, topology: Topology, mechanism: str = "linux-x86-default"):
         if mechanism not in MECHANISMS:
             raise ValueError(f"unknown mechanism {mechanism!r}; one of {', '.join(MECHANISMS)}")
         self.mechanism = mechanism
+        self._windows = {s.segment: (s.start_bus, s.end_bus) for s in topology.segments}
 
-    def route(self, segment: int, reg: int, early: bool = False) -> int | None:
-        """MMCONFIG, CONF1, or None (nothing reaches it)."""
+    def route(self, segment: int, reg: int, early: bool = False, bus: int | None = None) -> int | None:
+        """MMCONFIG, CONF1, or None (nothing reaches it). MMCONFIG reaches only buses in a
+        segment's window (pci_mmcfg_read() fails elsewhere); conf1 reaches any bus of
+        segment 0. `bus` None: assume a bus in the window."""
         conf1_ok = segment == 0 and reg < 0x100
         if early or self.mechanism == "conf1":
             return CONF1 if conf1_ok else None
-        if self.mechanism == "mmconfig":
-            return MMCONFIG
-        return CONF1 if conf1_ok else MMCONFIG      # raw_pci_read(): conf1 first on x86
+        if self.mechanism == "linux-x86-default" and conf1_ok:
+            return CONF1                            # raw_pci_read(): conf1 first on x86
+        window = self._windows.get(segment)
+        if window is None or (bus is not None and not window[0] <= bus <= window[1]):
+            return None
+        return MMCONFIG
 
     def read(self, bdf: Bdf, reg: int, size: int, early: bool = False):
-        mech = self.route(bdf.segment, reg, early)
+        mech = self.route(bdf.segment, reg, early, bdf.bus)
         if mech is None:
             return (1 << 8 * size) - 1
         return (yield (bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, 0, mech, 0))
 
     def write(self, bdf: Bdf, reg: int, size: int, value: int, early: bool = False):
-        mech = self.route(bdf.segment, reg, early)
+        mech = self.route(bdf.segment, reg, early, bdf.bus)
         if mech is not None:
             yield (bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, 1, mech, value)
 

@@ -253,3 +253,150 @@ def scan_bridge(cycles, dev: Dev, pass_: int, pcie_scan_all: bool):
     if pass_ == 0 and secondary > dev.bdf.bus:
         yield from scan_child_bus(cycles, dev.bdf.segment, secondary, dev, pcie_scan_all)
     yield from cycles.write(dev.bdf, PCI_BRIDGE_CONTROL, 2, bctl)
+
+
+# -- the x86-64 boot ---------------------------------------------------------------------------
+#
+# Phases in the order a 6.1 kernel runs them (checked against the q35/OVMF trace in
+# ../shared/traces: see tests/pci/test_trace_boot.py). `early=True` accesses are
+# arch/x86/pci/early.c's read_pci_config*(): port I/O whatever the mechanism.
+
+CPUS = ("intel", "amd", "amd-k8")
+PCI_CLASS_BRIDGE_HOST, PCI_CLASS_BRIDGE_OTHER = 0x0600, 0x0680
+PCI_CAP_ID_AGP = 0x02
+#: arch/x86/kernel/amd_nb.c: amd_nb_bus_dev_ranges[] (bus, first dev, dev limit)
+AMD_NB_BUS_DEV_RANGES = ((0x00, 0x18, 0x20), (0xFF, 0x00, 0x20), (0xFE, 0x00, 0x20))
+#: arch/x86/pci/mmconfig-shared.c: pci_mmcfg_probes[] (bus, devfn) in order
+MMCFG_PROBES = ((0, 0), (0, 0), (0, 0x18 << 3), (0xFF, 0), (0, 0))
+
+
+def boot_x86(cycles, topology: Topology, rng, cpu: str = "intel", last_bus: int | None = None,
+             pcie_scan_all: bool = False):
+    """What an x86-64 Linux 6.1 guest does to config space from power-on to a probed PCI tree.
+
+    cpu: "intel", "amd" (family 0x17+: no GART), or "amd-k8" (family 0xf, QEMU's default
+    qemu64 model, which also runs the GART aperture checks: two "poor man's" scans of all
+    256 buses through search_agp_bridge()).
+    last_bus: pci=lastbus=N; by default pcibios_last_bus is segment 0's MCFG end bus.
+    pcie_scan_all: pci=pcie_scan_all.
+    The mechanism given to the scan chooses raw_pci_read()'s path: "linux-x86-default"
+    (conf1 below 0x100), or "mmconfig" (MMCONFIG preferred for every access); early
+    accesses stay port I/O either way.
+    """
+    if cpu not in CPUS:
+        raise ValueError(f"unknown cpu {cpu!r}; one of {', '.join(CPUS)}")
+    amd, k8 = cpu.startswith("amd"), cpu == "amd-k8"
+    if amd:
+        yield from cycles.read(Bdf(0, 0, 0x18, 0), 0x68, 4, early=True)   # early_init_amd(): ExtAPICID
+    yield from cycles.read(Bdf(0, 0, 2, 0), PCI_VENDOR_ID, 2, early=True)  # snb_gfx_workaround_needed()
+    if k8:
+        yield from gart_aperture_check(cycles)                            # early_gart_iommu_check()
+    yield from cycles.read(Bdf(0, 0, 0x1F, 0), PCI_VENDOR_ID, 4, early=True)   # is_vsmp_box()
+    yield from find_northbridge(cycles)                                   # amd_numa_init(), no SRAT
+    yield from early_pci_scan_bus(cycles, 0)                              # early_quirks()
+    if k8:
+        yield from gart_aperture_check(cycles)                            # gart_iommu_hole_init()
+    if amd:
+        yield from cycles.read(Bdf(0, 0, 0x18, 0), 0x68, 4, early=True)   # identify_boot_cpu()
+        for bus, dev in ((0, 0x18), (0, 0x18), (0xFF, 0), (0, 0x18), (0, 0x18)):   # amd_bus.c
+            yield from cycles.read(Bdf(0, bus, dev, 0), PCI_VENDOR_ID, 4, early=True)
+    for bus, devfn in MMCFG_PROBES:                                       # pci_mmcfg_check_hostbridge()
+        yield from cycles.read(Bdf(0, bus, devfn >> 3, devfn & 7), PCI_VENDOR_ID, 4, early=True)
+    yield from probe(cycles, topology, rng, pcie_scan_all)                # ACPI root bridges
+    yield from fixup_peer_bridges(cycles, topology, last_bus, pcie_scan_all)
+
+
+def search_agp_bridge(cycles):
+    """arch/x86/kernel/aperture_64.c: search_agp_bridge(): class of every function of every
+    bus (a function loop stops at the first missing function or a single-function device);
+    host bridges get an AGP capability search (find_cap())."""
+    for bus in range(256):
+        for dev in range(NR_DEVS):
+            for fn in range(8):
+                bdf = Bdf(0, bus, dev, fn)
+                class_rev = yield from cycles.read(bdf, PCI_CLASS_REVISION, 4, early=True)
+                if class_rev == 0xFFFFFFFF:
+                    break
+                if class_rev >> 16 in (PCI_CLASS_BRIDGE_HOST, PCI_CLASS_BRIDGE_OTHER):
+                    status = yield from cycles.read(bdf, PCI_STATUS, 2, early=True)
+                    if status & PCI_STATUS_CAP_LIST:
+                        yield from _early_find_cap(cycles, bdf, PCI_CAP_ID_AGP)
+                header = yield from cycles.read(bdf, PCI_HEADER_TYPE, 1, early=True)
+                if not header & 0x80:
+                    break
+
+
+def _early_find_cap(cycles, bdf, cap):
+    """aperture_64.c: find_cap() (the list walk after the CAP_LIST check)."""
+    pos = yield from cycles.read(bdf, PCI_CAPABILITY_LIST, 1, early=True)
+    for _ in range(PCI_FIND_CAP_TTL):
+        pos &= 0xFC
+        if pos < 0x40:
+            return 0
+        ent = yield from cycles.read(bdf, pos, 2, early=True)
+        if ent & 0xFF == cap:
+            return pos
+        pos = ent >> 8
+    return 0
+
+
+def gart_aperture_check(cycles):
+    """early_gart_iommu_check() / gart_iommu_hole_init() on a GART CPU: search_agp_bridge(),
+    then function 3 (the northbridge's misc device) of each amd_nb_bus_dev_ranges[] slot."""
+    yield from search_agp_bridge(cycles)
+    for bus, first, limit in AMD_NB_BUS_DEV_RANGES:
+        for dev in range(first, limit):
+            yield from cycles.read(Bdf(0, bus, dev, 3), PCI_VENDOR_ID, 4, early=True)
+
+
+def find_northbridge(cycles):
+    """arch/x86/mm/amd_numa.c: find_northbridge(): function 0 of every device on bus 0,
+    looking for an AMD K8 northbridge (then its function 1)."""
+    for dev in range(NR_DEVS):
+        ids = yield from cycles.read(Bdf(0, 0, dev, 0), PCI_VENDOR_ID, 4, early=True)
+        if ids in (0x1100_1022, 0x1200_1022, 0x1300_1022):
+            yield from cycles.read(Bdf(0, 0, dev, 1), PCI_VENDOR_ID, 4, early=True)
+            return
+
+
+def early_pci_scan_bus(cycles, bus):
+    """arch/x86/kernel/early-quirks.c: early_pci_scan_bus(): check_dev_quirk() per function:
+    class (0xffff: stop this device), vendor, device, header type; bridges' secondary bus
+    scanned recursively; functions 1-7 only on multifunction devices."""
+    for dev in range(NR_DEVS):
+        for fn in range(8):
+            bdf = Bdf(0, bus, dev, fn)
+            cls = yield from cycles.read(bdf, PCI_CLASS_DEVICE, 2, early=True)
+            if cls == 0xFFFF:
+                break
+            yield from cycles.read(bdf, PCI_VENDOR_ID, 2, early=True)
+            yield from cycles.read(bdf, PCI_VENDOR_ID + 2, 2, early=True)
+            header = yield from cycles.read(bdf, PCI_HEADER_TYPE, 1, early=True)
+            if header & 0x7F == 1:
+                sec = yield from cycles.read(bdf, PCI_PRIMARY_BUS + 1, 1, early=True)
+                if sec > bus:
+                    yield from early_pci_scan_bus(cycles, sec)
+            if not header & 0x80:
+                break
+
+
+def fixup_peer_bridges(cycles, topology: Topology, last_bus, pcie_scan_all):
+    """arch/x86/pci/legacy.c: pcibios_fixup_peer_bridges(): every bus up to pcibios_last_bus
+    that no scan has found gets pcibios_scan_specific_bus(): the vendor ID (16 bits, through
+    raw_pci_read()) of function 0 of each device until one answers; then that bus is scanned
+    as a new root. pcibios_last_bus: pci=lastbus=N, else the MCFG end bus of segment 0
+    (__pci_mmcfg_init()); nothing when it is not in 1..255."""
+    seg0 = topology.segment(0) if any(s.segment == 0 for s in topology.segments) else None
+    last = last_bus if last_bus is not None else (seg0.end_bus if seg0 else -1)
+    if not 0 < last <= 0xFF:
+        return
+    known = {bus for s, bus in topology.root_buses() if s == 0}
+    known |= {f.secondary for f in topology if f.is_bridge and f.bdf.segment == 0}
+    for bus in range(last + 1):
+        if bus in known:
+            continue
+        for dev in range(NR_DEVS):
+            vendor = yield from cycles.read(Bdf(0, bus, dev, 0), PCI_VENDOR_ID, 2)
+            if vendor not in (0xFFFF, 0x0000):
+                yield from scan_child_bus(cycles, 0, bus, None, pcie_scan_all)
+                break

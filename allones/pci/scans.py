@@ -86,6 +86,7 @@ def random_scan(cycles: ConfigCycles, topology: Topology, rng, count: int = 4096
 
 #: name -> scan program (see each one's docstring)
 SCANS = {
+    "linux-boot-x86": linux.boot_x86,
     "linux-probe": linux.probe,
     "brute-force": brute_force,
     "full-dump": full_dump,
@@ -99,7 +100,7 @@ def scan_program(topology: Topology, name: str, mechanism: str = "linux-x86-defa
     """(ConfigCycles, generator) of the named scan; ValueError for unknown names or options."""
     if name not in SCANS:
         raise ValueError(f"unknown scan {name!r}; one of {', '.join(SCANS)}")
-    cycles = ConfigCycles(mechanism)
+    cycles = ConfigCycles(topology, mechanism)
     program = SCANS[name]
     allowed = set(inspect.signature(program).parameters) - {"cycles", "topology", "rng"}
     unknown = set(options) - allowed
