@@ -1,0 +1,182 @@
+"""Import recorded config accesses: QEMU trace logs and plain CSV.
+
+QEMU (`-trace enable=memory_region_ops_*`) logs every access to a MemoryRegion:
+    PID@TIME:memory_region_ops_read cpu 0 mr 0x... addr 0xb0010000 value 0xff.. size 4 name 'pcie-mmcfg-mmio'
+Accesses to the ECAM region become MMCONFIG accesses (addr is the guest-physical address);
+port I/O config cycles become CONF1 accesses: a 32-bit write to 0xCF8 latches an address
+(bit 31 enable, bus 23:16, device 15:11, function 10:8, register 7:2) and an access to
+0xCFC-0xCFF reaches register (latch & 0xFC) + (port - 0xCFC), as QEMU's pci_host_data_*
+does. Values are masked to the access size (QEMU prints missing functions unmasked).
+Writes to the 'serial' region rebuild the console text, which tells firmware from kernel.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .access import ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult
+from .ecam import BUS_SHIFT, PciAddressError, Segment
+from .topology import Q35_ECAM_BASE, Topology
+
+MMCFG_REGION = "pcie-mmcfg-mmio"
+_LINE = re.compile(r"^\S+?:memory_region_ops_(read|write) cpu \d+ mr 0x[0-9a-f]+ addr (0x[0-9a-f]+) "
+                   r"value (0x[0-9a-f]+) size (\d+) name '([^']*)'\s*$")
+_UART_THR, _UART_LCR, _UART_LCR_DLAB = 0x3F8, 0x3FB, 0x80
+
+
+class TraceParseError(ValueError):
+    """A trace line that cannot be what it claims; `.line` is its 1-based number."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
+@dataclass
+class Trace:
+    """Config accesses recorded from a guest, with where the kernel took over.
+
+    `accesses` is ACCESS_DTYPE (segment 0), reads carrying the recorded value; `lines`
+    the log line of each; `kernel_start` the index of the kernel's first access (None if
+    the console never printed "Linux version").
+    """
+
+    accesses: np.ndarray
+    lines: np.ndarray
+    kernel_start: int | None
+    console: str = ""
+
+    def part(self, which: str) -> np.ndarray:
+        """'all', 'firmware' (before the kernel) or 'kernel' accesses."""
+        if which == "all":
+            return self.accesses
+        if which not in ("firmware", "kernel"):
+            raise ValueError(f"unknown trace part {which!r}: all, firmware or kernel")
+        if self.kernel_start is None:
+            raise ValueError("the console never printed 'Linux version': no kernel part")
+        return self.accesses[self.kernel_start:] if which == "kernel" else self.accesses[:self.kernel_start]
+
+    def as_scan(self, topology: Topology, which: str = "all", name: str = "trace") -> ScanResult:
+        """The accesses as a ScanResult against a topology (to replay on a Vmm)."""
+        acc = self.part(which)
+        mech = "mmconfig" if np.all(acc["mech"] == MMCONFIG) else (
+            "conf1" if np.all(acc["mech"] == CONF1) else "recorded")
+        return ScanResult(f"{name}:{which}", mech, topology, acc)
+
+
+def _open_text(source) -> io.TextIOBase:
+    if isinstance(source, (str, Path)) and "\n" not in str(source):
+        path = Path(source)
+        return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+    return io.StringIO(source)
+
+
+def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG_REGION) -> Trace:
+    """Read a QEMU trace log (path, .gz path or text): MMCONFIG accesses to `region` inside
+    `segment`'s window (default: q35's, 0xB0000000, buses 0-255), conf1 cycles through
+    0xCF8/0xCFC, and the serial console. Other lines are skipped."""
+    segment = segment or Segment(Q35_ECAM_BASE)
+    rows, lines, console = [], [], []
+    latch, lcr, last_mmcfg, linux_at = 0, 0, -1, None
+    with _open_text(source) as f:
+        for lineno, line in enumerate(f, 1):
+            if "memory_region_ops_" not in line:
+                continue
+            m = _LINE.match(line)
+            if not m:
+                raise TraceParseError(lineno, f"malformed memory_region_ops line: {line.strip()[:120]!r}")
+            op, addr, value, size, name = m[1], int(m[2], 16), int(m[3], 16), int(m[4]), m[5]
+            if size not in (1, 2, 4, 8):
+                raise TraceParseError(lineno, f"access size {size}")
+            is_write = op == "write"
+            value &= (1 << 8 * size) - 1
+            if name == region:
+                try:
+                    bdf, reg = segment.decode(addr)
+                except PciAddressError as exc:
+                    raise TraceParseError(lineno, str(exc)) from None
+                rows.append((0, bdf.bus, bdf.dev, bdf.fn, reg, size, int(is_write), MMCONFIG, value))
+                lines.append(lineno)
+                last_mmcfg = len(rows)
+            elif name == "pci-conf-idx":
+                if is_write and addr == 0xCF8 and size == 4:
+                    latch = value
+            elif name == "pci-conf-data":
+                if not 0xCFC <= addr <= 0xCFF:
+                    raise TraceParseError(lineno, f"pci-conf-data access at port {addr:#x}")
+                if latch & 0x8000_0000:
+                    reg = (latch & 0xFC) + (addr - 0xCFC)
+                    rows.append((0, latch >> 16 & 0xFF, latch >> 11 & 31, latch >> 8 & 7, reg, size,
+                                 int(is_write), CONF1, value))
+                    lines.append(lineno)
+            elif name == "serial" and is_write:
+                if addr == _UART_LCR:
+                    lcr = value
+                elif addr == _UART_THR and not lcr & _UART_LCR_DLAB:
+                    console.append(chr(value))
+                    if linux_at is None and "".join(console[-13:]) == "Linux version":
+                        linux_at = last_mmcfg
+    acc = np.array(rows, dtype=ACCESS_DTYPE) if rows else np.empty(0, dtype=ACCESS_DTYPE)
+    # The kernel's first accesses precede its console text (printk is buffered until the
+    # early console): it starts after the firmware's last MMCONFIG access before the text.
+    start = None if linux_at is None else max(linux_at, 0)
+    return Trace(acc, np.array(lines, dtype=np.int64), start, "".join(console))
+
+
+def parse_csv(source, segment: Segment | None = None) -> Trace:
+    """CSV rows `op,offset,size,value` (op: r/read or w/write; offset from the window's bus-0
+    base; numbers decimal or 0x-hex; an optional header row) as MMCONFIG accesses."""
+    segment = segment or Segment(Q35_ECAM_BASE)
+    rows, lines = [], []
+    with _open_text(source) as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or row[0].strip().startswith("#"):
+                continue
+            if lineno == 1 and row[0].strip().lower() == "op":
+                continue
+            if len(row) != 4:
+                raise TraceParseError(lineno, f"expected op,offset,size,value; got {len(row)} fields")
+            op = row[0].strip().lower()
+            if op not in ("r", "read", "w", "write"):
+                raise TraceParseError(lineno, f"op {row[0]!r} is not r/read/w/write")
+            try:
+                offset, size, value = (int(x.strip(), 0) for x in row[1:])
+            except ValueError:
+                raise TraceParseError(lineno, f"not numbers: {','.join(row[1:])!r}") from None
+            if size not in (1, 2, 4, 8) or offset % size:
+                raise TraceParseError(lineno, f"size {size} at offset {offset:#x}: sizes are 1, 2, 4, 8, aligned")
+            if value < 0 or value >> 8 * size:
+                raise TraceParseError(lineno, f"value {value:#x} does not fit {size} bytes")
+            try:
+                bdf, reg = segment.decode(segment.base + offset)
+            except PciAddressError as exc:
+                raise TraceParseError(lineno, str(exc)) from None
+            rows.append((0, bdf.bus, bdf.dev, bdf.fn, reg, size, int(op[0] == "w"), MMCONFIG, value))
+            lines.append(lineno)
+    acc = np.array(rows, dtype=ACCESS_DTYPE) if rows else np.empty(0, dtype=ACCESS_DTYPE)
+    return Trace(acc, np.array(lines, dtype=np.int64), None)
+
+
+def format_csv(accesses: np.ndarray, segment: Segment | None = None) -> str:
+    """MMCONFIG accesses as `op,offset,size,value` CSV (the inverse of parse_csv)."""
+    segment = segment or Segment(Q35_ECAM_BASE)
+    out = ["op,offset,size,value"]
+    for a in accesses[accesses["mech"] == MMCONFIG]:
+        offset = int(a["bus"]) << BUS_SHIFT | int(a["dev"]) << 15 | int(a["fn"]) << 12 | int(a["reg"])
+        out.append(f"{'w' if a['is_write'] else 'r'},{offset:#x},{int(a['size'])},{int(a['value']):#x}")
+    return "\n".join(out) + "\n"
+
+
+def read_trace(path, segment: Segment | None = None) -> Trace:
+    """A QEMU trace log or a CSV file, told apart by the name (.csv) or content."""
+    path = Path(path)
+    if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
+        return parse_csv(path, segment)
+    return parse_qemu_trace(path, segment)
