@@ -1,5 +1,6 @@
-"""The `allones` command. For now `allones demo`: one VM's ECAM segment, scanned under each
-way of backing its holes, with what each costs."""
+"""The `allones` command: `demo` (one ECAM segment scanned under each backing), `topology
+show` (a topology as a tree, with its hole layout), `scan` (a guest scan on one VM) and
+`trace import` (a recorded trace, summarised and replayed)."""
 
 import argparse
 import sys
@@ -73,15 +74,127 @@ def demo(out=None) -> int:
     return 0
 
 
+def _topology_args(p) -> None:
+    p.add_argument("--topology", "-t", default="q35", metavar="SPEC",
+                   help="q35, farm:N[:EMPTY[:SEED]], multi:SEGMENTS[:PORTS], random:SEED, "
+                        "or a file of `lspci -n` / QEMU `info pci` text (default q35)")
+
+
+def _vmm(args, topology):
+    from .vmm import Vmm
+    host = Host(bit2="pci_hole" if args.backing == "pci-hole" else "allones")
+    vm = VM(host, prefault=args.prefault)
+    return Vmm(vm, topology, args.backing)
+
+
+def _backing_args(p) -> None:
+    from .vmm import BACKINGS
+    p.add_argument("--backing", "-b", default="allones", choices=BACKINGS,
+                   help="how the VMM backs the holes (default allones)")
+    p.add_argument("--prefault", default="on-demand", choices=("on-demand", "whole-slot"),
+                   help="the VM's fault policy for all-ones slots")
+
+
+def _print_run(run, out) -> None:
+    a, k = run.accesses, run.stats
+    print(f"scan {run.name}, mechanism {run.mechanism}, holes backed by {run.backing}", file=out)
+    print(f"  accesses           {a['accesses']:>9}", file=out)
+    for mech in ("conf1", "mmconfig"):
+        print(f"  {mech:9} reads {a[mech + '_reads']:>9}  writes {a[mech + '_writes']:>6}  "
+              f"of holes: reads {a[mech + '_hole_reads']:>9}  writes {a[mech + '_hole_writes']:>4}", file=out)
+    print(f"  port I/O exits     {run.pio_exits:>9}   (conf1: 0xCF8 + 0xCFC, whatever backs the window)",
+          file=out)
+    if k:
+        print(f"  MMCONFIG: EPT faults {k['faults']}, prefaulted {k['prefaulted']}, MMIO exits "
+              f"{k['exits_mmio']} ({run.mmio_emulated} to present functions), in-kernel exits "
+              f"{k['exits_emulated']}, TLB hits {k['tlb_hits']}", file=out)
+    print(f"  reads answered differently from expected: holes {run.hole_mismatches}, present "
+          f"{run.present_mismatches}", file=out)
+
+
+def topology_show(args, out) -> int:
+    from .pci.builders import from_spec
+    from .pci.holes import hole_layout
+    topology = from_spec(args.topology)
+    print(topology.format_tree(), file=out)
+    layout = hole_layout(topology)
+    print(f"\n{len(topology)} present functions; {layout.hole_pages} hole pages in "
+          f"{layout.nr_memslots} memslots", file=out)
+    return 0
+
+
+def scan(args, out) -> int:
+    from .pci.builders import from_spec
+    options = {k: v for k, v in (("cpu", args.cpu), ("last_bus", args.last_bus),
+                                 ("pcie_scan_all", args.pcie_scan_all or None)) if v is not None}
+    vmm = _vmm(args, from_spec(args.topology))
+    run = vmm.run_scan(args.name, args.mechanism or _default_mechanism(args.name), args.seed,
+                       reactive=args.reactive, **options)
+    print(f"topology {vmm.topology.name}: {len(vmm.topology)} functions, {len(vmm.slots)} hole memslots",
+          file=out)
+    _print_run(run, out)
+    return 0
+
+
+def _default_mechanism(name: str) -> str:
+    return "linux-x86-default" if name.startswith("linux-") else "mmconfig"
+
+
+def trace_import(args, out) -> int:
+    from .pci.builders import from_spec
+    from .pci.traces import format_csv, read_trace
+    trace = read_trace(args.path)
+    topology = from_spec(args.topology)
+    vmm = _vmm(args, topology)
+    run = vmm.replay(trace.as_scan(topology, args.part, name=str(args.path)))
+    print(f"{len(trace.accesses)} config accesses"
+          + (f"; the kernel starts at access {trace.kernel_start}" if trace.kernel_start is not None else ""),
+          file=out)
+    _print_run(run, out)
+    if args.csv:
+        with open(args.csv, "w") as f:
+            f.write(format_csv(trace.part(args.part)))
+        print(f"wrote the MMCONFIG accesses to {args.csv}", file=out)
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of the `allones` command."""
+    from .pci.linux import CPUS
+    from .pci.scans import SCANS
+    from .pci.access import MECHANISMS
     parser = argparse.ArgumentParser(prog="allones", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="translations, and one ECAM segment scanned under each backing")
+    topo = sub.add_parser("topology", help="PCI topologies").add_subparsers(dest="action", required=True)
+    _topology_args(topo.add_parser("show", help="print a topology as a tree, with its hole layout"))
+    p = sub.add_parser("scan", help="run a guest config-space scan on one VM")
+    p.add_argument("name", choices=list(SCANS))
+    _topology_args(p)
+    _backing_args(p)
+    p.add_argument("--mechanism", "-m", choices=MECHANISMS,
+                   help="linux-x86-default for Linux scans, mmconfig for the others by default")
+    p.add_argument("--cpu", choices=CPUS, help="linux-boot-x86: the vCPU (default intel)")
+    p.add_argument("--last-bus", type=int, help="linux-boot-x86: pci=lastbus=N")
+    p.add_argument("--pcie-scan-all", action="store_true", help="Linux scans: pci=pcie_scan_all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reactive", action="store_true",
+                   help="feed the scan the VM's own answers, access by access")
+    trace = sub.add_parser("trace", help="recorded config accesses").add_subparsers(dest="action", required=True)
+    p = trace.add_parser("import", help="read a QEMU trace log or CSV, summarise and replay it")
+    p.add_argument("path")
+    _topology_args(p)
+    _backing_args(p)
+    p.add_argument("--part", default="all", choices=("all", "firmware", "kernel"))
+    p.add_argument("--csv", help="also write its MMCONFIG accesses as op,offset,size,value")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo()
-    return 2
+    commands = {"demo": lambda a, o: demo(o), "topology": topology_show, "scan": scan,
+                "trace": trace_import}
+    try:
+        return commands[args.command](args, sys.stdout)
+    except (ValueError, OSError) as exc:
+        print(f"allones: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -188,8 +188,7 @@ def from_spec(spec: str) -> Topology:
         if name == "q35" and not args:
             return q35_default()
         if name == "farm" and 1 <= len(args) <= 3:
-            return root_port_farm(int(args[0]), *(float(args[1]),) * (len(args) > 1),
-                                  *(int(args[2]),) * (len(args) > 2))
+            return root_port_farm(*(f(a) for f, a in zip((int, float, int), args)))
         if name == "multi" and 1 <= len(args) <= 2:
             return multi_segment(*map(int, args))
         if name == "random" and len(args) == 1:
