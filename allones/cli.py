@@ -78,6 +78,14 @@ def _topology_args(p) -> None:
     p.add_argument("--topology", "-t", default="q35", metavar="SPEC",
                    help="q35, farm:N[:EMPTY[:SEED]], multi:SEGMENTS[:PORTS], random:SEED, "
                         "or a file of `lspci -n` / QEMU `info pci` text (default q35)")
+    p.add_argument("--ecam-buses", type=int, metavar="N",
+                   help="shrink segment 0's MCFG window to N buses")
+
+
+def _topology(args):
+    from .pci.builders import from_spec
+    topology = from_spec(args.topology)
+    return topology if args.ecam_buses is None else topology.with_window(0, args.ecam_buses)
 
 
 def _vmm(args, topology):
@@ -113,9 +121,8 @@ def _print_run(run, out) -> None:
 
 
 def topology_show(args, out) -> int:
-    from .pci.builders import from_spec
     from .pci.holes import hole_layout
-    topology = from_spec(args.topology)
+    topology = _topology(args)
     print(topology.format_tree(), file=out)
     layout = hole_layout(topology)
     print(f"\n{len(topology)} present functions; {layout.hole_pages} hole pages in "
@@ -124,10 +131,9 @@ def topology_show(args, out) -> int:
 
 
 def scan(args, out) -> int:
-    from .pci.builders import from_spec
     options = {k: v for k, v in (("cpu", args.cpu), ("last_bus", args.last_bus),
                                  ("pcie_scan_all", args.pcie_scan_all or None)) if v is not None}
-    vmm = _vmm(args, from_spec(args.topology))
+    vmm = _vmm(args, _topology(args))
     run = vmm.run_scan(args.name, args.mechanism or _default_mechanism(args.name), args.seed,
                        reactive=args.reactive, **options)
     print(f"topology {vmm.topology.name}: {len(vmm.topology)} functions, {len(vmm.slots)} hole memslots",
@@ -141,10 +147,9 @@ def _default_mechanism(name: str) -> str:
 
 
 def trace_import(args, out) -> int:
-    from .pci.builders import from_spec
     from .pci.traces import format_csv, read_trace
     trace = read_trace(args.path)
-    topology = from_spec(args.topology)
+    topology = _topology(args)
     vmm = _vmm(args, topology)
     run = vmm.replay(trace.as_scan(topology, args.part, name=str(args.path)))
     print(f"{len(trace.accesses)} config accesses"

@@ -234,6 +234,17 @@ class Topology:
                 return f
         return None
 
+    def with_window(self, segment: int, nr_buses: int) -> Topology:
+        """A copy whose segment's MCFG window covers only `nr_buses` buses from its start
+        (a smaller window: Linux then scans fewer buses); ValueError if a function or a
+        bridge's buses would fall outside."""
+        seg = self.segment(segment)
+        if not 1 <= nr_buses <= 256 - seg.start_bus:
+            raise PciAddressError(f"{nr_buses} buses do not fit from bus {seg.start_bus:#x}")
+        smaller = replace(seg, end_bus=seg.start_bus + nr_buses - 1)
+        return replace(self, segments=[smaller if s is seg else s for s in self.segments],
+                       name=f"{self.name}@{nr_buses}")
+
     def with_functions(self, functions, name: str | None = None) -> Topology:
         """A copy with another function list (validated again)."""
         return replace(self, functions=list(functions), name=self.name if name is None else name)
