@@ -20,18 +20,19 @@ def _fn(seg, bus, dev, fn, **kw) -> Function:
     return Function(Bdf(seg, bus, dev, fn), **kw)
 
 
-def q35_chipset(seg: int = 0) -> list[Function]:
-    """What `-machine q35` always has: the MCH, VGA, and ICH9's LPC + AHCI + SMBus at 1f.x."""
+def q35_chipset(seg: int = 0, bus: int = 0) -> list[Function]:
+    """What `-machine q35` always has: the MCH, VGA, and ICH9's LPC + AHCI + SMBus at 1f.x,
+    on the root bus `bus`."""
     return [
-        _fn(seg, 0, 0, 0, vendor=0x8086, device=0x29C0, class_code=0x060000, subsystem=QEMU_SUBSYS,
+        _fn(seg, bus, 0, 0, vendor=0x8086, device=0x29C0, class_code=0x060000, subsystem=QEMU_SUBSYS,
             name="mch"),
-        _fn(seg, 0, 1, 0, vendor=0x1234, device=0x1111, class_code=0x030000, subsystem=QEMU_SUBSYS,
+        _fn(seg, bus, 1, 0, vendor=0x1234, device=0x1111, class_code=0x030000, subsystem=QEMU_SUBSYS,
             bars=((0, Bar(16 << 20, MEM32, True)), (2, Bar(4096))), rom_size=64 << 10, name="VGA"),
-        _fn(seg, 0, 31, 0, vendor=0x8086, device=0x2918, class_code=0x060100, subsystem=QEMU_SUBSYS,
+        _fn(seg, bus, 31, 0, vendor=0x8086, device=0x2918, class_code=0x060100, subsystem=QEMU_SUBSYS,
             name="ICH9-LPC"),
-        _fn(seg, 0, 31, 2, vendor=0x8086, device=0x2922, class_code=0x010601, subsystem=QEMU_SUBSYS,
+        _fn(seg, bus, 31, 2, vendor=0x8086, device=0x2922, class_code=0x010601, subsystem=QEMU_SUBSYS,
             bars=((4, Bar(32, IO)), (5, Bar(4096))), name="ich9-ahci"),
-        _fn(seg, 0, 31, 3, vendor=0x8086, device=0x2930, class_code=0x0C0500, subsystem=QEMU_SUBSYS,
+        _fn(seg, bus, 31, 3, vendor=0x8086, device=0x2930, class_code=0x0C0500, subsystem=QEMU_SUBSYS,
             bars=((4, Bar(64, IO)),), name="ICH9-SMB"),
     ]
 
@@ -56,9 +57,10 @@ def endpoint(seg: int, bus: int, kind: str, dev: int = 0, fn: int = 0) -> Functi
                name=kind, **ENDPOINTS[kind])
 
 
-def root_port(seg: int, dev: int, fn: int, secondary: int, subordinate: int | None = None) -> Function:
-    """QEMU's generic pcie-root-port (1b36:000c), a type 1 header on the root bus."""
-    return _fn(seg, 0, dev, fn, vendor=0x1B36, device=0x000C, class_code=0x060400, header_type=1,
+def root_port(seg: int, dev: int, fn: int, secondary: int, subordinate: int | None = None,
+              bus: int = 0) -> Function:
+    """QEMU's generic pcie-root-port (1b36:000c), a type 1 header on the root bus `bus`."""
+    return _fn(seg, bus, dev, fn, vendor=0x1B36, device=0x000C, class_code=0x060400, header_type=1,
                port_type=PortType.ROOT_PORT, bars=((0, Bar(4096)),), secondary=secondary,
                subordinate=secondary if subordinate is None else subordinate, name="pcie-root-port")
 
@@ -93,11 +95,11 @@ def root_port_farm(nr_ports: int, empty_fraction: float = 0.5, seed: int = 0,
     rng = np.random.default_rng(seed)
     empty = set(rng.choice(nr_ports, size=round(nr_ports * empty_fraction), replace=False).tolist())
     kinds = list(ENDPOINTS)
-    seg = segment.segment
-    functions = [f for f in q35_chipset(seg)]
+    seg, root = segment.segment, segment.start_bus
+    functions = q35_chipset(seg, root)
     for i, (dev, fn) in enumerate(_ports(seg, 2, nr_ports)):
-        bus = segment.start_bus + i + 1
-        functions.append(root_port(seg, dev, fn, secondary=bus))
+        bus = root + i + 1
+        functions.append(root_port(seg, dev, fn, secondary=bus, bus=root))
         if i not in empty:
             functions.append(endpoint(seg, bus, kinds[int(rng.integers(len(kinds)))]))
     return Topology(functions, [segment], name=f"farm-{nr_ports}")
@@ -125,8 +127,8 @@ def random_topology(seed: int, nr_root_devices: int = 8, max_depth: int = 3,
     or switches (an upstream port and downstream ports) behind them, some ports empty."""
     rng = np.random.default_rng(seed)
     segment = segment or Segment(Q35_ECAM_BASE)
-    seg, kinds = segment.segment, list(ENDPOINTS)
-    functions = q35_chipset(seg)
+    seg, root, kinds = segment.segment, segment.start_bus, list(ENDPOINTS)
+    functions = q35_chipset(seg, root)
     next_bus = [segment.start_bus + 1]
 
     def take_bus():
@@ -170,11 +172,11 @@ def random_topology(seed: int, nr_root_devices: int = 8, max_depth: int = 3,
             for fn in range(int(rng.integers(1, 5))):
                 bus = take_bus()
                 below_port(bus, 1)
-                functions.append(root_port(seg, dev, fn, bus, next_bus[0] - 1))
+                functions.append(root_port(seg, dev, fn, bus, next_bus[0] - 1, bus=root))
         else:
             for fn in range(1 if rng.random() < 0.7 else int(rng.integers(2, 4))):
                 kind = kinds[int(rng.integers(len(kinds)))]
-                functions.append(_fn(seg, 0, dev, fn, name=kind,   # QEMU: no PCIe cap on the root bus
+                functions.append(_fn(seg, root, dev, fn, name=kind,   # QEMU: no PCIe cap on the root bus
                                      **ENDPOINTS[kind]))
     return Topology(functions, [segment], name=f"random-{seed}")
 

@@ -54,7 +54,9 @@ class ConfigSpace:
         f = self.function
         self._put(PCI_VENDOR_ID, 2, f.vendor)
         self._put(PCI_DEVICE_ID, 2, f.device)
-        self._put(PCI_COMMAND, 2, 0, 0x0547)        # IO, MEMORY, MASTER, PARITY, SERR, INTX_DISABLE
+        # IO, MEMORY, MASTER, PARITY, SERR, INTX_DISABLE writable; firmware left decoding and
+        # bus mastering on where there is something to decode (as OVMF does)
+        self._put(PCI_COMMAND, 2, 0x0007 if f.bars or f.is_bridge else 0, 0x0547)
         self._put(PCI_REVISION_ID, 4, f.class_code << 8 | f.revision)
         self._put(PCI_CACHE_LINE_SIZE, 2, 0, 0xFFFF)   # cache line size, latency timer
         self._put(PCI_HEADER_TYPE, 1, f.header_type | (PCI_HEADER_TYPE_MFD if multifunction else 0))

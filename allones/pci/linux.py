@@ -20,6 +20,7 @@ from .topology import PortType, Topology
 PCI_VENDOR_ID, PCI_CLASS_REVISION, PCI_CLASS_DEVICE = 0x00, 0x08, 0x0A
 PCI_CFG_SPACE_SIZE, PCI_CFG_SPACE_EXP_SIZE = 0x100, 0x1000
 PCI_COMMAND_DECODE_ENABLE = 0x3          # PCI_COMMAND_IO | PCI_COMMAND_MEMORY
+PCI_COMMAND_INTX_DISABLE = 0x400
 PCI_ROM_ADDRESS_MASK = 0xFFFFF800
 PCI_FIND_CAP_TTL = 48
 PCI_CAP_ID_VPD, PCI_CAP_ID_PCIX, PCI_CAP_ID_MSIX, PCI_CAP_ID_EA = 0x03, 0x07, 0x11, 0x14
@@ -31,12 +32,13 @@ PROBE_EXT_CAPS = (0x0E, 0x10, 0x0F, 0x13, 0x1B, 0x0D, 0x1F, 0x01, 0x1D, 0x1E, 0x
 class Dev:
     """What the kernel remembers of a function while probing it (a slice of struct pci_dev)."""
 
-    __slots__ = ("bdf", "hdr_type", "multifunction", "pcie_cap", "port_type", "cfg_size", "bus_parent")
+    __slots__ = ("bdf", "hdr_type", "multifunction", "pcie_cap", "port_type", "cfg_size",
+                 "bus_parent", "mmio_always_on")
 
     def __init__(self, bdf: Bdf, parent: Dev | None):
         self.bdf, self.bus_parent = bdf, parent
         self.hdr_type = self.pcie_cap = self.port_type = 0
-        self.multifunction = False
+        self.multifunction = self.mmio_always_on = False
         self.cfg_size = PCI_CFG_SPACE_SIZE
 
 
@@ -99,14 +101,18 @@ def scan_device(cycles, bdf: Bdf, parent: Dev | None):
 
 
 def setup_device(cycles, dev: Dev):
-    """pci_setup_device(): header type, PCIe port type, class, config space size, IRQ, BARs."""
+    """pci_setup_device(): header type, PCIe port type, class, config space size, the INTx
+    masking test, IRQ pin/line, BARs, subsystem IDs (the order the real log shows)."""
     dev.hdr_type = yield from cycles.read(dev.bdf, PCI_HEADER_TYPE, 1)
     dev.multifunction = bool(dev.hdr_type & 0x80)
     yield from set_pcie_port_type(cycles, dev)
-    yield from cycles.read(dev.bdf, PCI_CLASS_REVISION, 4)
-    yield from cfg_space_size(cycles, dev)
-    yield from cycles.read(dev.bdf, PCI_INTERRUPT_PIN, 1)     # pci_read_irq()
-    yield from cycles.read(dev.bdf, PCI_INTERRUPT_LINE, 1)
+    class_rev = yield from cycles.read(dev.bdf, PCI_CLASS_REVISION, 4)
+    dev.mmio_always_on = class_rev >> 16 == 0x0600    # quirk_mmio_always_on(): host bridges
+    yield from cfg_space_size(cycles, dev, class_rev >> 8)
+    yield from intx_mask_broken(cycles, dev)
+    pin = yield from cycles.read(dev.bdf, PCI_INTERRUPT_PIN, 1)      # pci_read_irq()
+    if pin:
+        yield from cycles.read(dev.bdf, PCI_INTERRUPT_LINE, 1)
     if dev.hdr_type & 0x7F == 1:
         yield from read_bases(cycles, dev, 2, PCI_ROM_ADDRESS1)
         yield from read_bridge_windows(cycles, dev)
@@ -114,6 +120,14 @@ def setup_device(cycles, dev: Dev):
         yield from read_bases(cycles, dev, 6, PCI_ROM_ADDRESS)
         yield from cycles.read(dev.bdf, PCI_SUBSYSTEM_VENDOR_ID, 2)
         yield from cycles.read(dev.bdf, PCI_SUBSYSTEM_VENDOR_ID + 2, 2)
+
+
+def intx_mask_broken(cycles, dev: Dev):
+    """pci_intx_mask_broken(): toggle PCI_COMMAND_INTX_DISABLE, read it back, restore."""
+    orig = yield from cycles.read(dev.bdf, PCI_COMMAND, 2)
+    yield from cycles.write(dev.bdf, PCI_COMMAND, 2, orig ^ PCI_COMMAND_INTX_DISABLE)
+    yield from cycles.read(dev.bdf, PCI_COMMAND, 2)
+    yield from cycles.write(dev.bdf, PCI_COMMAND, 2, orig)
 
 
 def find_capability(cycles, dev: Dev, cap: int):
@@ -163,11 +177,10 @@ def set_pcie_port_type(cycles, dev: Dev):
     yield from cycles.read(dev.bdf, pos + 4, 4)       # PCI_EXP_DEVCAP: max payload
 
 
-def cfg_space_size(cycles, dev: Dev):
+def cfg_space_size(cycles, dev: Dev, class_code: int):
     """pci_cfg_space_size(): host bridges and PCIe functions try 0x100 (through MMCONFIG on
     x86), then pci_ext_cfg_is_aliased() compares it with the header (CONFIG_PCI_QUIRKS)."""
-    class_rev = yield from cycles.read(dev.bdf, PCI_CLASS_REVISION, 4)
-    if class_rev >> 16 != 0x0600 and not dev.pcie_cap:
+    if class_code >> 8 != 0x0600 and not dev.pcie_cap:
         pcix = yield from find_capability(cycles, dev, PCI_CAP_ID_PCIX)
         if not pcix:
             return
@@ -183,23 +196,22 @@ def cfg_space_size(cycles, dev: Dev):
 
 
 def read_bases(cycles, dev: Dev, howmany: int, rom: int):
-    """pci_read_bases(): decode off, size each BAR with __pci_read_base(), decode back on."""
-    cmd = yield from cycles.read(dev.bdf, PCI_COMMAND, 2)
-    if cmd & PCI_COMMAND_DECODE_ENABLE:
-        yield from cycles.write(dev.bdf, PCI_COMMAND, 2, cmd & ~PCI_COMMAND_DECODE_ENABLE)
+    """pci_read_bases(): size each BAR with __pci_read_base(), then the ROM."""
     pos = 0
     while pos < howmany:
-        reg = PCI_BASE_ADDRESS_0 + 4 * pos
-        is64 = yield from read_base(cycles, dev, reg, 0xFFFFFFFF)
+        is64 = yield from read_base(cycles, dev, PCI_BASE_ADDRESS_0 + 4 * pos, 0xFFFFFFFF)
         pos += 2 if is64 else 1
     yield from read_base(cycles, dev, rom, PCI_ROM_ADDRESS_MASK)
-    if cmd & PCI_COMMAND_DECODE_ENABLE:
-        yield from cycles.write(dev.bdf, PCI_COMMAND, 2, cmd)
 
 
 def read_base(cycles, dev: Dev, reg: int, mask: int):
-    """__pci_read_base(): save, write all-ones, read the size mask, restore; and the upper
-    half of a 64-bit memory BAR."""
+    """__pci_read_base(): decode off (unless mmio_always_on), save, write all-ones, read the
+    size mask, restore, and the same for the upper half of a 64-bit memory BAR; decode on."""
+    cmd = 0
+    if not dev.mmio_always_on:
+        cmd = yield from cycles.read(dev.bdf, PCI_COMMAND, 2)
+        if cmd & PCI_COMMAND_DECODE_ENABLE:
+            yield from cycles.write(dev.bdf, PCI_COMMAND, 2, cmd & ~PCI_COMMAND_DECODE_ENABLE)
     saved = yield from cycles.read(dev.bdf, reg, 4)
     yield from cycles.write(dev.bdf, reg, 4, saved | mask)
     sz = yield from cycles.read(dev.bdf, reg, 4)
@@ -210,6 +222,8 @@ def read_base(cycles, dev: Dev, reg: int, mask: int):
         yield from cycles.write(dev.bdf, reg + 4, 4, 0xFFFFFFFF)
         yield from cycles.read(dev.bdf, reg + 4, 4)
         yield from cycles.write(dev.bdf, reg + 4, 4, saved_hi)
+    if cmd & PCI_COMMAND_DECODE_ENABLE:
+        yield from cycles.write(dev.bdf, PCI_COMMAND, 2, cmd)
     return is64
 
 
