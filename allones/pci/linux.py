@@ -69,22 +69,22 @@ def only_one_child(bridge: Dev | None, pcie_scan_all: bool) -> bool:
 
 
 def scan_slot(cycles, segment, bus, dev, bridge, pcie_scan_all):
-    """pci_scan_slot(): function 0; functions 1-7 only if it is multifunction (next_fn());
-    a missing function 0 ends the slot (no hypervisor_isolated_pci_functions())."""
+    """pci_scan_slot(): function 0, then next_fn(): functions 1-7 only while the last one
+    found is multifunction (any function found above 0 is marked so); a missing function 0
+    ends the slot (no hypervisor_isolated_pci_functions() on KVM)."""
     if dev > 0 and only_one_child(bridge, pcie_scan_all):
         return []
-    found, fn = [], 0
-    while True:
+    found = []
+    for fn in range(8):
         d = yield from scan_device(cycles, Bdf(segment, bus, dev, fn), bridge)
         if d is not None:
+            if fn > 0:
+                d.multifunction = True
             found.append(d)
         elif fn == 0:
             break
-        if fn >= 7 or (d is not None and not d.multifunction):
+        if d is not None and not d.multifunction:
             break
-        if fn == 0 and d is not None:
-            found[0].multifunction = True     # fn 0 said so; later fns inherit it
-        fn += 1
     return found
 
 
@@ -332,25 +332,29 @@ def search_agp_bridge(cycles):
                 if class_rev == 0xFFFFFFFF:
                     break
                 if class_rev >> 16 in (PCI_CLASS_BRIDGE_HOST, PCI_CLASS_BRIDGE_OTHER):
-                    status = yield from cycles.read(bdf, PCI_STATUS, 2, early=True)
-                    if status & PCI_STATUS_CAP_LIST:
-                        yield from _early_find_cap(cycles, bdf, PCI_CAP_ID_AGP)
+                    yield from _early_find_cap(cycles, bdf, PCI_CAP_ID_AGP)
                 header = yield from cycles.read(bdf, PCI_HEADER_TYPE, 1, early=True)
                 if not header & 0x80:
                     break
 
 
 def _early_find_cap(cycles, bdf, cap):
-    """aperture_64.c: find_cap() (the list walk after the CAP_LIST check)."""
+    """aperture_64.c: find_cap(): status's CAP_LIST bit, the list head, then per entry its
+    ID byte and (if not the one sought) its next-pointer byte."""
+    status = yield from cycles.read(bdf, PCI_STATUS, 2, early=True)
+    if not status & PCI_STATUS_CAP_LIST:
+        return 0
     pos = yield from cycles.read(bdf, PCI_CAPABILITY_LIST, 1, early=True)
     for _ in range(PCI_FIND_CAP_TTL):
-        pos &= 0xFC
         if pos < 0x40:
-            return 0
-        ent = yield from cycles.read(bdf, pos, 2, early=True)
-        if ent & 0xFF == cap:
+            break
+        pos &= ~3
+        cap_id = yield from cycles.read(bdf, pos, 1, early=True)
+        if cap_id == 0xFF:
+            break
+        if cap_id == cap:
             return pos
-        pos = ent >> 8
+        pos = yield from cycles.read(bdf, pos + 1, 1, early=True)
     return 0
 
 

@@ -72,7 +72,8 @@ def _number_buses(rows, name) -> Topology:
                                      "(bus numbers are not depth-first from the root bus)")
     segments = [Segment(Q35_ECAM_BASE if s == 0 else EXTRA_SEGMENT_BASE + (s - 1) * (256 << 20), s)
                 for s in sorted({f.bdf.segment for f in functions})]
-    return Topology(functions, segments, name=name)
+    line_of = {row[1]: row[0] for row in rows}
+    return _checked(functions, [line_of[f.bdf] for f in functions], dict(segments=segments, name=name))
 
 
 def _walk(seg, bus, parent_type, next_bus, by_bus, out, numbered):
@@ -111,7 +112,7 @@ def format_lspci(topology: Topology) -> str:
 # -- QEMU info pci --------------------------------------------------------------------------
 
 _HEAD = re.compile(r"^\s*Bus\s+(\d+), device\s+(\d+), function (\d+):\s*$")
-_CLASS = re.compile(r"^\s*(?:Class (\d{4})|(.+?)): PCI device ([0-9a-f]{4}):([0-9a-f]{4})\s*$")
+_CLASS = re.compile(r"^\s*(?:Class (\d+)|(.+?)): PCI device ([0-9a-f]{4}):([0-9a-f]{4})\s*$")
 _BAR = re.compile(r"^\s*BAR(\d): (?:I/O at (0x[0-9a-f]+) \[(0x[0-9a-f]+)\]|(32|64) bit( prefetchable)? "
                   r"memory at (0x[0-9a-f]+) \[(0x[0-9a-f]+)\])\.\s*$")
 _FIELDS = {
@@ -148,9 +149,33 @@ def parse_info_pci(text: str, name: str = "info-pci") -> Topology:
         _info_pci_line(cur, lineno, line)
     if not records:
         raise TopologyParseError(0, "no functions in the text")
-    bridge_secondaries = {r["secondary"] for r in records if "secondary" in r}
-    functions = [_info_pci_function(r, bridge_secondaries) for r in records]
-    return Topology(functions, name=name)
+    parents = {r["secondary"]: r for r in records if "secondary" in r}
+    functions = [_info_pci_function(r, parents) for r in records]
+    return _checked(functions, [r["line"] for r in records], dict(name=name))
+
+
+def _checked(functions, lines, kw) -> Topology:
+    """Topology(functions), its errors turned into TopologyParseError at the culprit's line."""
+    try:
+        return Topology(functions, **kw)
+    except ValueError as exc:
+        culprit = str(exc).split(": ", 1)[0]
+        # the last of a bdf's lines: for a duplicate, the second one is the culprit
+        line = max((n for f, n in zip(functions, lines) if str(f.bdf) == culprit), default=0)
+        raise TopologyParseError(line, str(exc)) from None
+
+
+def _port_type(r, parents) -> PortType | None:
+    """Where a function sits says its port type: a bridge on a root bus is a root port,
+    below a root or downstream port an upstream port, below an upstream port a downstream
+    port; other functions below a port are endpoints, on a root bus conventional PCI."""
+    parent = parents.get(r["bus"])
+    bridge = "secondary" in r
+    if parent is None:
+        return PortType.ROOT_PORT if bridge else None
+    if not bridge:
+        return PortType.ENDPOINT
+    return PortType.DOWNSTREAM if _port_type(parent, parents) == PortType.UPSTREAM else PortType.UPSTREAM
 
 
 def _info_pci_line(cur, lineno, line):
@@ -188,13 +213,11 @@ def _info_pci_line(cur, lineno, line):
     raise TopologyParseError(lineno, f"not an `info pci` line: {line.strip()!r}")
 
 
-def _info_pci_function(r, bridge_secondaries) -> Function:
+def _info_pci_function(r, parents) -> Function:
     if "class" not in r:
         raise TopologyParseError(r["line"], "function without a class/ID line")
     bridge = "secondary" in r
-    behind = r["bus"] in bridge_secondaries
-    port = (PortType.ROOT_PORT if bridge and not behind else PortType.UPSTREAM if bridge
-            else PortType.ENDPOINT if behind else None)
+    port = _port_type(r, parents)
     try:
         return Function(Bdf(0, r["bus"], r["dev"], r["fn"]), vendor=r["vendor"], device=r["device"],
                         class_code=r["class"], header_type=int(bridge), subsystem=r.get("subsystem", (0, 0)),

@@ -55,14 +55,26 @@ class Bar:
             raise ValueError("an I/O BAR cannot be prefetchable")
 
 
-#: class code (base class, subclass) names, as QEMU's pci_class_descriptions[] prints them
+#: class code (base class, subclass) names, as QEMU's pci_class_descriptions[] (hw/pci/pci.c)
+#: prints them (its typos kept); the first of two equal names is the one parsed back
 CLASS_NAMES = {
-    0x0100: "SCSI controller", 0x0101: "IDE controller", 0x0106: "SATA controller",
-    0x0108: "NVMe controller", 0x0180: "Storage controller", 0x0200: "Ethernet controller",
-    0x0280: "Network controller", 0x0300: "VGA controller", 0x0380: "Display controller",
-    0x0401: "Audio controller", 0x0403: "Audio controller", 0x0600: "Host bridge",
-    0x0601: "ISA bridge", 0x0604: "PCI bridge", 0x0680: "Bridge", 0x0700: "Serial port",
-    0x0c03: "USB controller", 0x0c05: "SMBus",
+    0x0100: "SCSI controller", 0x0101: "IDE controller", 0x0102: "Floppy controller",
+    0x0103: "IPI controller", 0x0104: "RAID controller", 0x0106: "SATA controller",
+    0x0107: "SAS controller", 0x0108: "NVMe controller", 0x0180: "Storage controller",
+    0x0200: "Ethernet controller", 0x0201: "Token Ring controller", 0x0202: "FDDI controller",
+    0x0203: "ATM controller", 0x0280: "Network controller", 0x0300: "VGA controller",
+    0x0301: "XGA controller", 0x0302: "3D controller", 0x0380: "Display controller",
+    0x0400: "Video controller", 0x0401: "Audio controller", 0x0402: "Phone",
+    0x0403: "Audio controller", 0x0480: "Multimedia controller", 0x0500: "RAM controller",
+    0x0501: "Flash controller", 0x0580: "Memory controller", 0x0600: "Host bridge",
+    0x0601: "ISA bridge", 0x0602: "EISA bridge", 0x0603: "MC bridge", 0x0604: "PCI bridge",
+    0x0605: "PCMCIA bridge", 0x0606: "NUBUS bridge", 0x0607: "CARDBUS bridge",
+    0x0608: "RACEWAY bridge", 0x0680: "Bridge", 0x0700: "Serial port", 0x0701: "Parallel port",
+    0x0800: "Interrupt controller", 0x0801: "DMA controller", 0x0802: "Timer", 0x0803: "RTC",
+    0x0900: "Keyboard", 0x0901: "Pen", 0x0902: "Mouse", 0x0A00: "Dock station",
+    0x0B00: "i386 cpu", 0x0c00: "Fireware contorller", 0x0c01: "Access bus controller",
+    0x0c02: "SSA controller", 0x0c03: "USB controller", 0x0c04: "Fibre channel controller",
+    0x0c05: "SMBus",
 }
 
 
@@ -151,7 +163,7 @@ class Topology:
         self._by_bdf = {}
         for f in self.functions:
             if f.bdf in self._by_bdf:
-                raise ValueError(f"{f.bdf} appears twice")
+                raise ValueError(f"{f.bdf}: appears twice")
             self._by_bdf[f.bdf] = f
         seg_ids = [s.segment for s in self.segments]
         if len(set(seg_ids)) != len(seg_ids):
@@ -181,6 +193,7 @@ class Topology:
                 if key in secondaries or key in roots:
                     raise ValueError(f"{f.bdf}: secondary bus {f.secondary:#x} already in use")
                 secondaries[key] = f
+        self._check_siblings(secondaries.values())
         for f in self.functions:
             key = (f.bdf.segment, f.bdf.bus)
             if key not in roots and key not in secondaries:
@@ -189,6 +202,19 @@ class Topology:
             if parent is not None and not (parent.secondary <= f.bdf.bus
                                            and (not f.is_bridge or f.subordinate <= parent.subordinate)):
                 raise ValueError(f"{f.bdf}: buses outside its parent bridge {parent.bdf}'s range")
+
+    @staticmethod
+    def _check_siblings(bridges):
+        """Bridges on one bus decode disjoint bus ranges (else two would claim a bus)."""
+        by_bus = {}
+        for b in bridges:
+            by_bus.setdefault((b.bdf.segment, b.bdf.bus), []).append(b)
+        for group in by_bus.values():
+            group.sort(key=lambda b: b.secondary)
+            for a, b in zip(group, group[1:]):
+                if b.secondary <= a.subordinate:
+                    raise ValueError(f"{b.bdf}: buses {b.secondary:#04x}-{b.subordinate:#04x} overlap "
+                                     f"{a.bdf}'s {a.secondary:#04x}-{a.subordinate:#04x}")
 
     # -- queries ------------------------------------------------------------------------------
 
