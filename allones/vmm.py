@@ -129,8 +129,8 @@ class Vmm:
         return None
 
     def conf1(self, batch: np.ndarray) -> np.ndarray:
-        """Port I/O config cycles (every one exits twice); values read."""
-        values = all_ones(batch["size"]).astype(np.uint64)
+        """Port I/O config cycles (every one exits twice): values read (writes: as written)."""
+        values = np.where(batch["is_write"] == 1, batch["value"], all_ones(batch["size"])).astype(np.uint64)
         for i in np.flatnonzero(np.isin(page_keys(batch), self._present)).tolist():
             a = batch[i]
             key = int(a["segment"]) << 16 | int(a["bus"]) << 8 | int(a["dev"]) << 3 | int(a["fn"])

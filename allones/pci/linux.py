@@ -18,6 +18,7 @@ from .ecam import Bdf, NR_DEVS
 from .topology import PortType, Topology
 
 PCI_VENDOR_ID, PCI_CLASS_REVISION, PCI_CLASS_DEVICE = 0x00, 0x08, 0x0A
+PCI_SEC_STATUS = 0x1E
 PCI_CFG_SPACE_SIZE, PCI_CFG_SPACE_EXP_SIZE = 0x100, 0x1000
 PCI_COMMAND_DECODE_ENABLE = 0x3          # PCI_COMMAND_IO | PCI_COMMAND_MEMORY
 PCI_COMMAND_INTX_DISABLE = 0x400
@@ -259,13 +260,15 @@ def init_capabilities(cycles, dev: Dev):
 
 def scan_bridge(cycles, dev: Dev, pass_: int, pcie_scan_all: bool):
     """pci_scan_bridge_extend() for a bridge firmware already numbered: pass 0 reads its bus
-    numbers, quiets master-abort reporting and scans the secondary bus; pass 1 rereads."""
+    numbers, quiets master-abort reporting and scans the secondary bus; pass 1 rereads; both
+    clear the secondary status and restore the bridge control."""
     buses = yield from cycles.read(dev.bdf, PCI_PRIMARY_BUS, 4)
     bctl = yield from cycles.read(dev.bdf, PCI_BRIDGE_CONTROL, 2)
     yield from cycles.write(dev.bdf, PCI_BRIDGE_CONTROL, 2, bctl & ~0x20)   # ~MASTER_ABORT
     secondary = buses >> 8 & 0xFF
     if pass_ == 0 and secondary > dev.bdf.bus:
         yield from scan_child_bus(cycles, dev.bdf.segment, secondary, dev, pcie_scan_all)
+    yield from cycles.write(dev.bdf, PCI_SEC_STATUS, 2, 0xFFFF)
     yield from cycles.write(dev.bdf, PCI_BRIDGE_CONTROL, 2, bctl)
 
 

@@ -19,9 +19,12 @@ from .topology import Topology
 
 
 def brute_force(cycles: ConfigCycles, topology: Topology, rng):
-    """Every function of every bus of every window, one dword at offset 0, one bus a batch."""
+    """Every function of every bus of every window the mechanism reaches, one dword at
+    offset 0, one bus a batch."""
     dev, fn = np.divmod(np.arange(NR_DEVS * NR_FNS), NR_FNS)
     for seg in topology.segments:
+        if cycles.route(seg.segment, 0) is None:
+            continue                      # conf1 reaches segment 0 only
         for bus in range(seg.start_bus, seg.end_bus + 1):
             yield cycles.batch(seg.segment, bus, dev, fn, 0, 4)
 
@@ -71,8 +74,8 @@ def _firmware_bus(cycles, segment, bus):
 def random_scan(cycles: ConfigCycles, topology: Topology, rng, count: int = 4096,
                 write_fraction: float = 0.0):
     """`count` dword accesses at random functions and registers of the windows (seeded)."""
-    for seg in topology.segments:
-        n = count // len(topology.segments)
+    for i, seg in enumerate(topology.segments):
+        n = count // len(topology.segments) + (i < count % len(topology.segments))
         bus = rng.integers(seg.start_bus, seg.end_bus + 1, n)
         top = 0x100 if cycles.route(seg.segment, 0x100) is None else 0x1000
         if cycles.route(seg.segment, 0) is None:

@@ -72,9 +72,14 @@ class Trace:
 
 
 def _open_text(source) -> io.TextIOBase:
-    if isinstance(source, (str, Path)) and "\n" not in str(source):
+    """A Path, or a str naming an existing file, is read (gunzipped if .gz); any other str
+    is the text itself."""
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                    and Path(source).is_file()):
         path = Path(source)
         return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+    if not isinstance(source, str):
+        raise TypeError(f"expected a path or text, got {type(source).__name__}")
     return io.StringIO(source)
 
 
@@ -175,8 +180,11 @@ def format_csv(accesses: np.ndarray, segment: Segment | None = None) -> str:
 
 
 def read_trace(path, segment: Segment | None = None) -> Trace:
-    """A QEMU trace log or a CSV file, told apart by the name (.csv) or content."""
+    """A QEMU trace log or a CSV file (told apart by the name: .csv, .csv.gz);
+    FileNotFoundError if there is no such file."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trace file {path}")
     if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
         return parse_csv(path, segment)
     return parse_qemu_trace(path, segment)
