@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .constants import KVM_MEM_ALLONES, KVM_MEM_READONLY, PAGE_SHIFT, PROT_READ
-from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, all_ones, drive, gpas_of,
-                         page_keys, present_keys, recorded_answers)
+from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, SpacesResponder, drive,
+                         gpas_of, recorded_answers)
 from .pci.config_space import ConfigSpaces
 from .pci.holes import HoleLayout, hole_layout
 from .pci.scans import plan_scan, scan_program
@@ -83,7 +83,7 @@ class Vmm:
         self.spaces = ConfigSpaces(topology)
         self.slots: list[int] = []
         self.mappings: list[int] = []
-        self._present = present_keys(topology)
+        self._emulate = SpacesResponder(self.spaces)
         self._present_gfns = np.array(sorted(
             topology.segment(f.bdf.segment).gpa(f.bdf.bus, f.bdf.dev, f.bdf.fn) >> PAGE_SHIFT
             for f in topology), dtype=np.uint64)
@@ -130,15 +130,7 @@ class Vmm:
 
     def conf1(self, batch: np.ndarray) -> np.ndarray:
         """Port I/O config cycles (every one exits twice): values read (writes: as written)."""
-        values = np.where(batch["is_write"] == 1, batch["value"], all_ones(batch["size"])).astype(np.uint64)
-        for i in np.flatnonzero(np.isin(page_keys(batch), self._present)).tolist():
-            a = batch[i]
-            key = int(a["segment"]) << 16 | int(a["bus"]) << 8 | int(a["dev"]) << 3 | int(a["fn"])
-            if a["is_write"]:
-                self.spaces.write_key(key, int(a["reg"]), int(a["size"]), int(a["value"]))
-            else:
-                values[i] = self.spaces.read_key(key, int(a["reg"]), int(a["size"]))
-        return values
+        return self._emulate.batch(batch)
 
     # -- scans ------------------------------------------------------------------------------
 

@@ -138,7 +138,8 @@ def drive(program, responder) -> np.ndarray:
 
 
 class SpacesResponder:
-    """Answers from ConfigSpaces: what a correct VMM returns (holes all-ones, writes dropped)."""
+    """Answers from ConfigSpaces, as a correct VMM does: present functions' registers; holes
+    read all-ones and drop writes. A write's answer is the value written."""
 
     def __init__(self, spaces):
         self.spaces = spaces
@@ -148,11 +149,11 @@ class SpacesResponder:
         key = a[0] << 16 | a[1] << 8 | a[2] << 3 | a[3]
         if a[6]:
             self.spaces.write_key(key, a[4], a[5], a[8])
-            return 0
+            return a[8]
         return self.spaces.read_key(key, a[4], a[5])
 
     def batch(self, batch: np.ndarray) -> np.ndarray:
-        values = all_ones(batch["size"]).astype(np.uint64)
+        values = np.where(batch["is_write"] == 1, batch["value"], all_ones(batch["size"])).astype(np.uint64)
         for i in np.flatnonzero(np.isin(page_keys(batch), self.present)).tolist():
             values[i] = self.one(tuple(batch[i].tolist()))
         return values
@@ -162,14 +163,8 @@ def recorded_answers(topology: Topology, recorded: np.ndarray) -> np.ndarray:
     """A copy of `recorded` whose read values are what a correct VMM answers, replaying its
     writes in order through fresh config spaces (the oracle for replays and traces)."""
     from .config_space import ConfigSpaces
-    responder = SpacesResponder(ConfigSpaces(topology))
     out = recorded.copy()
-    for i in np.flatnonzero(np.isin(page_keys(recorded), responder.present)).tolist():
-        value = responder.one(tuple(recorded[i].tolist()))
-        if not recorded[i]["is_write"]:
-            out[i]["value"] = value
-    holes = ~np.isin(page_keys(recorded), responder.present) & (recorded["is_write"] == 0)
-    out["value"][holes] = all_ones(recorded["size"][holes])
+    out["value"] = SpacesResponder(ConfigSpaces(topology)).batch(recorded)
     return out
 
 
