@@ -3,8 +3,8 @@
 A scan is a program: a generator that yields batches of config accesses (ACCESS_DTYPE
 arrays) and is sent back the values its reads returned, so what it touches next can depend
 on what it read (Linux probes function 1 only if function 0 says "multifunction"). A driver
-answers each batch: `plan()` from the topology's own config spaces (fast, pure Python),
-`allones.vmm.Vmm.run_scan()` through a VM's memslots and exits.
+answers each batch: `scans.plan_scan()` from the topology's own config spaces (fast, pure
+Python), `allones.vmm.Vmm.run_scan()` through a VM's memslots and exits.
 
 Mechanisms (arch/x86/pci/common.c: raw_pci_read()):
 - MMCONFIG: a load/store in the segment's ECAM window, which memslots can back;
@@ -16,10 +16,11 @@ Mechanisms (arch/x86/pci/common.c: raw_pci_read()):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from .ecam import Bdf, Segment
+from .ecam import Bdf, PciAddressError, Segment
 from .topology import Topology
 
 ACCESS_DTYPE = np.dtype([("segment", "<u2"), ("bus", "u1"), ("dev", "u1"), ("fn", "u1"),
@@ -27,9 +28,10 @@ ACCESS_DTYPE = np.dtype([("segment", "<u2"), ("bus", "u1"), ("dev", "u1"), ("fn"
                          ("value", "<u8")])
 MMCONFIG, CONF1 = 0, 1
 MECH_NAMES = {MMCONFIG: "mmconfig", CONF1: "conf1"}
-#: how a scan's accesses reach config space (DESIGN.md section 4)
+#: how a scan's accesses reach config space (docs/pci.md, "Mechanisms")
 MECHANISMS = ("mmconfig", "conf1", "linux-x86-default")
 PCI_CONF1_ADDRESS_PORT, PCI_CONF1_DATA_PORT = 0xCF8, 0xCFC
+_LIMITS = (("segment", 1 << 16), ("bus", 256), ("dev", 32), ("fn", 8), ("reg", 4096))
 
 
 def all_ones(size) -> int | np.ndarray:
@@ -40,15 +42,16 @@ def all_ones(size) -> int | np.ndarray:
     return np.where(size >= 8, np.uint64(2**64 - 1), (np.uint64(1) << (np.uint64(8) * size)) - np.uint64(1))
 
 
-def conf1_address(bus: int, dev: int, fn: int, reg: int) -> int:
-    """PCI_CONF1_ADDRESS(): the dword written to 0xCF8 (enable bit, bus, devfn, reg & 0xFC)."""
-    return 0x8000_0000 | bus << 16 | dev << 11 | fn << 8 | (reg & 0xFC)
-
-
 def accesses(segment, bus, dev, fn, reg, size, is_write=0, value=0, mech=MMCONFIG) -> np.ndarray:
-    """An ACCESS_DTYPE array from scalars or equal-length arrays (broadcast)."""
+    """An ACCESS_DTYPE array from scalars or equal-length arrays (broadcast), every field
+    checked: PciAddressError for a part out of range, ValueError for a bad size or mechanism."""
     cols = np.broadcast_arrays(*(np.asarray(x) for x in (segment, bus, dev, fn, reg, size, is_write,
                                                           mech, value)))
+    for (name, limit), col in zip(_LIMITS, cols):
+        if col.size and (col.min() < 0 or col.max() >= limit):
+            raise PciAddressError(f"{name} out of range 0..{limit - 1:#x}")
+    if not np.isin(cols[5], (1, 2, 4, 8)).all() or not np.isin(cols[7], (MMCONFIG, CONF1)).all():
+        raise ValueError("access sizes are 1, 2, 4 or 8 and mechanisms MMCONFIG or CONF1")
     out = np.empty(cols[0].shape, dtype=ACCESS_DTYPE).reshape(-1)
     for name, col in zip(("segment", "bus", "dev", "fn", "reg", "size", "is_write", "mech", "value"), cols):
         out[name] = col.reshape(-1)
@@ -88,12 +91,14 @@ class ConfigCycles:
         return MMCONFIG
 
     def read(self, bdf: Bdf, reg: int, size: int, early: bool = False):
+        """Read `size` bytes at `reg` of bdf (a generator: `value = yield from ...`)."""
         mech = self.route(bdf.segment, reg, early, bdf.bus)
         if mech is None:
             return (1 << 8 * size) - 1
         return (yield (bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, 0, mech, 0))
 
     def write(self, bdf: Bdf, reg: int, size: int, value: int, early: bool = False):
+        """Write `size` bytes at `reg` of bdf (a generator: `yield from ...`)."""
         mech = self.route(bdf.segment, reg, early, bdf.bus)
         if mech is not None:
             yield (bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, 1, mech, value)
@@ -146,6 +151,7 @@ class SpacesResponder:
         self.present = present_keys(spaces.topology)
 
     def one(self, a: tuple) -> int:
+        """Answer one access, a tuple in ACCESS_DTYPE's field order."""
         key = a[0] << 16 | a[1] << 8 | a[2] << 3 | a[3]
         if a[6]:
             self.spaces.write_key(key, a[4], a[5], a[8])
@@ -153,6 +159,7 @@ class SpacesResponder:
         return self.spaces.read_key(key, a[4], a[5])
 
     def batch(self, batch: np.ndarray) -> np.ndarray:
+        """Answer an ACCESS_DTYPE array, in order."""
         values = np.where(batch["is_write"] == 1, batch["value"], all_ones(batch["size"])).astype(np.uint64)
         for i in np.flatnonzero(np.isin(page_keys(batch), self.present)).tolist():
             values[i] = self.one(tuple(batch[i].tolist()))
@@ -170,16 +177,7 @@ def recorded_answers(topology: Topology, recorded: np.ndarray) -> np.ndarray:
 
 def present_keys(topology: Topology) -> np.ndarray:
     """page_keys() of the present functions, sorted."""
-    return np.array(sorted(bdf_key(f.bdf) for f in topology), dtype=np.uint64)
-
-
-def _present_mask(batch, topology: Topology) -> np.ndarray:
-    return np.isin(page_keys(batch), present_keys(topology))
-
-
-def bdf_key(bdf: Bdf) -> int:
-    """segment << 16 | bus << 8 | devfn: one integer per function."""
-    return bdf.segment << 16 | bdf.bus << 8 | bdf.dev << 3 | bdf.fn
+    return np.array(sorted(f.bdf.key for f in topology), dtype=np.uint64)
 
 
 def page_keys(batch) -> np.ndarray:
@@ -189,6 +187,7 @@ def page_keys(batch) -> np.ndarray:
 
 
 def key_bdf(key: int) -> Bdf:
+    """The Bdf of a Bdf.key."""
     return Bdf(key >> 16, key >> 8 & 0xFF, key >> 3 & 31, key & 7)
 
 
@@ -206,7 +205,11 @@ class ScanResult:
 
     def hole_mask(self) -> np.ndarray:
         """True for accesses to functions that are not present."""
-        return ~_present_mask(self.accesses, self.topology)
+        return self._holes
+
+    @cached_property
+    def _holes(self) -> np.ndarray:
+        return ~np.isin(page_keys(self.accesses), present_keys(self.topology))
 
     def touched(self, mech: int | None = None, holes: bool | None = None) -> set[Bdf]:
         """Functions accessed (by one mechanism; only holes or only present ones)."""

@@ -119,12 +119,14 @@ class ConfigSpace:
 
     def read(self, reg: int, size: int) -> int:
         """Read `size` bytes at `reg` (all-ones past the function's config space size)."""
+        _check_access(reg, size)
         if reg + size > self.size:
             return (1 << 8 * size) - 1
         return int.from_bytes(self.data[reg:reg + size], "little")
 
     def write(self, reg: int, size: int, value: int) -> None:
         """Write through the register masks; BAR and ROM registers keep their size bits."""
+        _check_access(reg, size)
         if reg + size > self.size:
             return
         for i, byte in enumerate((value & ((1 << 8 * size) - 1)).to_bytes(size, "little")):
@@ -137,13 +139,19 @@ class ConfigSpace:
                 self.data[bar:bar + 4] = ((old & mask) | low).to_bytes(4, "little")
 
 
+def _check_access(reg: int, size: int) -> None:
+    if size not in (1, 2, 4, 8) or not 0 <= reg <= CONFIG_SPACE_SIZE - size:
+        raise ValueError(f"config access of {size} bytes at {reg:#x}: sizes are 1, 2, 4, 8 "
+                         f"within {CONFIG_SPACE_SIZE:#x} bytes")
+
+
 class ConfigSpaces:
     """Every present function's config space in a topology, made on first access, found by
     Bdf or by key (segment << 16 | bus << 8 | devfn)."""
 
     def __init__(self, topology: Topology):
         self.topology = topology
-        self._functions = {_key(f.bdf): f for f in topology}
+        self._functions = {f.bdf.key: f for f in topology}
         self._spaces = {}
 
     def get_key(self, key: int) -> ConfigSpace | None:
@@ -157,7 +165,8 @@ class ConfigSpaces:
         return space
 
     def get(self, bdf) -> ConfigSpace | None:
-        return self.get_key(_key(bdf))
+        """The config space at a Bdf, or None for a hole."""
+        return self.get_key(bdf.key)
 
     def read_key(self, key: int, reg: int, size: int) -> int:
         """What a config read returns: the register, or all-ones for a hole."""
@@ -172,11 +181,10 @@ class ConfigSpaces:
         return space is not None
 
     def read(self, bdf, reg: int, size: int) -> int:
-        return self.read_key(_key(bdf), reg, size)
+        """read_key() by Bdf."""
+        return self.read_key(bdf.key, reg, size)
 
     def write(self, bdf, reg: int, size: int, value: int) -> bool:
-        return self.write_key(_key(bdf), reg, size, value)
+        """write_key() by Bdf."""
+        return self.write_key(bdf.key, reg, size, value)
 
-
-def _key(bdf) -> int:
-    return bdf.segment << 16 | bdf.bus << 8 | bdf.dev << 3 | bdf.fn

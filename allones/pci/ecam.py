@@ -13,6 +13,7 @@ so the window begins at base + (start_bus << 20).
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -29,8 +30,11 @@ class PciAddressError(ValueError):
     """A bus, device, function, register or address outside what PCI (or the window) allows."""
 
 
-def _check(name: str, value: int, limit: int) -> int:
-    value = int(value)
+def _check(name: str, value, limit: int) -> int:
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
     if not 0 <= value < limit:
         raise PciAddressError(f"{name} {value:#x} out of range 0..{limit - 1:#x}")
     return value
@@ -46,15 +50,19 @@ class Bdf:
     fn: int
 
     def __post_init__(self):
-        _check("segment", self.segment, MAX_SEGMENT + 1)
-        _check("bus", self.bus, NR_BUSES)
-        _check("device", self.dev, NR_DEVS)
-        _check("function", self.fn, NR_FNS)
+        for name, field, limit in (("segment", "segment", MAX_SEGMENT + 1), ("bus", "bus", NR_BUSES),
+                                   ("device", "dev", NR_DEVS), ("function", "fn", NR_FNS)):
+            object.__setattr__(self, field, _check(name, getattr(self, field), limit))
 
     @property
     def devfn(self) -> int:
         """PCI_DEVFN(dev, fn)."""
         return self.dev << 3 | self.fn
+
+    @property
+    def key(self) -> int:
+        """segment << 16 | bus << 8 | devfn: one integer per function (see access.page_keys)."""
+        return self.segment << 16 | self.bus << 8 | self.dev << 3 | self.fn
 
     def __str__(self) -> str:
         return f"{self.segment:04x}:{self.bus:02x}:{self.dev:02x}.{self.fn:x}"
@@ -81,12 +89,13 @@ class Segment:
     end_bus: int = 255
 
     def __post_init__(self):
-        _check("segment", self.segment, MAX_SEGMENT + 1)
-        _check("start bus", self.start_bus, NR_BUSES)
-        _check("end bus", self.end_bus, NR_BUSES)
+        object.__setattr__(self, "base", _check("ECAM base", self.base, 1 << 64))
+        for name, field, limit in (("segment", "segment", MAX_SEGMENT + 1), ("start bus", "start_bus", NR_BUSES),
+                                   ("end bus", "end_bus", NR_BUSES)):
+            object.__setattr__(self, field, _check(name, getattr(self, field), limit))
         if self.end_bus < self.start_bus:
             raise PciAddressError(f"end bus {self.end_bus:#x} below start bus {self.start_bus:#x}")
-        if self.base < 0 or self.base % (1 << BUS_SHIFT) or self.window_end > 1 << 64:
+        if self.base % (1 << BUS_SHIFT) or self.window_end > 1 << 64:
             raise PciAddressError(f"ECAM base {self.base:#x} not 1 MiB aligned within 64 bits")
 
     @property
@@ -101,13 +110,16 @@ class Segment:
 
     @property
     def size(self) -> int:
+        """Bytes of the window."""
         return self.window_end - self.window_start
 
     @property
     def nr_buses(self) -> int:
+        """Buses the window covers."""
         return self.end_bus - self.start_bus + 1
 
     def has_bus(self, bus: int) -> bool:
+        """The bus is in the window."""
         return self.start_bus <= bus <= self.end_bus
 
     def gpa(self, bus: int, dev: int, fn: int, reg: int = 0) -> int:
