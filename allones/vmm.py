@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .constants import KVM_MEM_ALLONES, KVM_MEM_READONLY, PAGE_SHIFT, PROT_READ
+from .constants import KVM_MEM_ALLONES, KVM_MEM_READONLY, KVM_USER_MEM_SLOTS, PAGE_SHIFT, PROT_READ
 from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, SpacesResponder, drive,
                          gpas_of, recorded_answers)
 from .pci.config_space import ConfigSpaces
@@ -79,11 +79,13 @@ class Vmm:
         if backing in ("allones", "pci-hole") and vm.host.pci_hole != (backing == "pci-hole"):
             raise ValueError(f"backing {backing!r} needs a Host(bit2={backing.replace('-', '_')!r})")
         self.vm, self.topology, self.backing = vm, topology, backing
-        self.layout: HoleLayout = hole_layout(topology, *(() if budget is None else (budget,)))
-        self.spaces = ConfigSpaces(topology)
+        if not 0 <= first_slot < KVM_USER_MEM_SLOTS:
+            raise ValueError(f"first_slot {first_slot} not in 0..{KVM_USER_MEM_SLOTS - 1}")
+        limit = KVM_USER_MEM_SLOTS - first_slot      # slot ids must stay below the limit
+        self.layout: HoleLayout = hole_layout(topology, limit if budget is None else min(budget, limit))
         self.slots: list[int] = []
         self.mappings: list[int] = []
-        self._emulate = SpacesResponder(self.spaces)
+        self.reset_devices()
         self._present_gfns = np.array(sorted(
             topology.segment(f.bdf.segment).gpa(f.bdf.bus, f.bdf.dev, f.bdf.fn) >> PAGE_SHIFT
             for f in topology), dtype=np.uint64)
@@ -132,9 +134,9 @@ class Vmm:
         """Port I/O config cycles (every one exits twice): values read (writes: as written)."""
         return self._emulate.batch(batch)
 
-    # -- scans ------------------------------------------------------------------------------
-
-    def _mmconfig(self, batch: np.ndarray, totals: dict) -> np.ndarray:
+    def mmconfig(self, batch: np.ndarray, totals: dict) -> np.ndarray:
+        """MMCONFIG accesses through VM.run (present functions' exits emulated here); adds
+        the run's counters to `totals`."""
         gpas = gpas_of(self.topology, batch)
         result = self.vm.run(gpas, batch["size"], batch["is_write"], batch["value"],
                              on_mmio=self.handle_mmio, mmio_gfns=self._present_gfns)
@@ -142,17 +144,29 @@ class Vmm:
             totals[k] = totals.get(k, 0) + v
         return result.values
 
-    def replay(self, scan: ScanResult, name: str | None = None) -> ScanRun:
-        """Replay recorded accesses (a plan or a trace) in order, each mechanism's run of
-        accesses in one go; count reads that return other than recorded."""
-        start, emulated = time.perf_counter(), self.mmio_emulated
-        acc, totals = scan.accesses, {}
-        values = np.empty(len(acc), dtype=np.uint64)
-        mech = acc["mech"]
+    def access(self, batch: np.ndarray, totals: dict) -> np.ndarray:
+        """Any accesses, in order: each run of one mechanism goes in one go."""
+        values = np.empty(len(batch), dtype=np.uint64)
+        mech = batch["mech"]
         cuts = np.flatnonzero(np.diff(mech)) + 1
-        for lo, hi in zip(np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [len(acc)])).tolist()):
-            part = acc[lo:hi]
-            values[lo:hi] = self._mmconfig(part, totals) if mech[lo] == MMCONFIG else self.conf1(part)
+        for lo, hi in zip([0] + cuts.tolist(), cuts.tolist() + [len(batch)]):
+            part = batch[lo:hi]
+            values[lo:hi] = self.mmconfig(part, totals) if mech[lo] == MMCONFIG else self.conf1(part)
+        return values
+
+    # -- scans ------------------------------------------------------------------------------
+
+    def reset_devices(self) -> None:
+        """Config space back to what firmware left (a guest reboot; memslots and mappings stay)."""
+        self.spaces = ConfigSpaces(self.topology)
+        self._emulate = SpacesResponder(self.spaces)
+
+    def replay(self, scan: ScanResult, name: str | None = None) -> ScanRun:
+        """Reboot the devices, replay recorded accesses (a plan or a trace) in order, and count
+        reads that return other than recorded."""
+        start, emulated, totals = time.perf_counter(), self.mmio_emulated, {}
+        self.reset_devices()
+        values = self.access(scan.accesses, totals) if len(scan) else np.empty(0, dtype=np.uint64)
         return self._result(scan.name if name is None else name, scan, values, totals, start, emulated)
 
     def _result(self, name, scan, values, totals, start, emulated) -> ScanRun:
@@ -166,13 +180,14 @@ class Vmm:
 
     def run_scan(self, name: str, mechanism: str = "linux-x86-default", seed: int = 0,
                  reactive: bool = False, **options) -> ScanRun:
-        """Run a named scan on this VM. By default the scan is planned against the topology
-        (what a correct VMM answers) and replayed; `reactive=True` feeds the scan program
-        the values the VM really returns, access by access (slower; the same result unless
-        the VM answers wrongly, which the default reports as mismatches)."""
+        """Reboot the devices and run a named scan on this VM. By default the scan is planned
+        against the topology (what a correct VMM answers) and replayed; `reactive=True` feeds
+        the scan program the values the VM really returns, access by access (slower; the same
+        result unless the VM answers wrongly, which the default reports as mismatches)."""
         if not reactive:
             return self.replay(plan_scan(self.topology, name, mechanism, seed, **options))
         start, emulated, totals = time.perf_counter(), self.mmio_emulated, {}
+        self.reset_devices()
         _, program = scan_program(self.topology, name, mechanism, seed, **options)
         got = drive(program, _VmResponder(self, totals))
         expected = ScanResult(name, mechanism, self.topology, recorded_answers(self.topology, got))
@@ -186,12 +201,9 @@ class _VmResponder:
         self.vmm, self.totals = vmm, totals
 
     def one(self, a: tuple) -> int:
-        return int(self.batch(np.array([a], dtype=ACCESS_DTYPE))[0])
+        if a[7] == CONF1:
+            return self.vmm._emulate.one(a)
+        return int(self.vmm.mmconfig(np.array([a], dtype=ACCESS_DTYPE), self.totals)[0])
 
     def batch(self, batch: np.ndarray) -> np.ndarray:
-        values = np.empty(len(batch), dtype=np.uint64)
-        conf1 = batch["mech"] == CONF1
-        values[conf1] = self.vmm.conf1(batch[conf1])
-        values[~conf1] = self.vmm._mmconfig(batch[~conf1], self.totals)
-        return values
-
+        return self.vmm.access(batch, self.totals)

@@ -104,10 +104,11 @@ def test_install_is_all_or_nothing_on_overlap(q35, host, vm, backing):
     assert host.mappings == () and host.nr_frames == frames
 
 
-def test_install_is_all_or_nothing_past_the_slot_limit(q35, host, vm):
-    """Slot ids from first_slot run past KVM_USER_MEM_SLOTS at the 4th run."""
-    with pytest.raises(InvalidArgument, match="KVM_USER_MEM_SLOTS"):
+def test_slot_ids_past_the_limit_are_a_budget_error_before_anything_changes(q35, host, vm):
+    """Slot ids from first_slot would run past KVM_USER_MEM_SLOTS at the 4th run."""
+    with pytest.raises(MemslotBudgetError) as err:
         Vmm(vm, q35, "filled", first_slot=KVM_USER_MEM_SLOTS - 3)
+    assert err.value.budget == 3 and err.value.needed == 8
     assert len(vm.memslots()) == 0
     assert host.mappings == () and host.nr_frames == 1
 

@@ -113,7 +113,7 @@ class Function:
         if self.header_type not in (0, 1):
             raise ValueError(f"{self.bdf}: header type {self.header_type} (0 or 1 modeled)")
         self._check_bars()
-        if self.is_bridge != (self.secondary is not None):
+        if not (self.is_bridge == (self.secondary is not None) == (self.subordinate is not None)):
             raise ValueError(f"{self.bdf}: a bridge (header type 1) needs secondary and subordinate "
                              "bus numbers, and only a bridge has them")
         if self.is_bridge and not self.bdf.bus < self.secondary <= self.subordinate <= 255:
@@ -133,14 +133,17 @@ class Function:
 
     @property
     def is_bridge(self) -> bool:
+        """A type 1 (PCI-to-PCI bridge) header."""
         return self.header_type == 1
 
     @property
     def is_pcie(self) -> bool:
+        """Has a PCI Express capability (and 4 KiB of config space)."""
         return self.port_type is not None
 
     @property
     def class_name(self) -> str:
+        """The class as QEMU's `info pci` names it."""
         return CLASS_NAMES.get(self.class_code >> 8, f"Class {self.class_code >> 8:04x}")
 
 
@@ -179,6 +182,9 @@ class Topology:
                 raise ValueError(f"ECAM windows of segments {a} and {b} overlap")
 
     def _check_reachable(self):
+        for seg, bus in self.extra_roots:
+            if not self.segment(seg).has_bus(bus):
+                raise PciAddressError(f"extra root bus {bus:#x} outside segment {seg}'s window")
         roots = {(s.segment, s.start_bus) for s in self.segments} | set(self.extra_roots)
         secondaries = {}
         for f in self.functions:
@@ -232,6 +238,7 @@ class Topology:
         return self._by_bdf.get(bdf)
 
     def segment(self, number: int) -> Segment:
+        """The segment numbered `number` (PciAddressError if none)."""
         try:
             return self._segments[number]
         except KeyError:

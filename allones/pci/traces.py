@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .access import ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult
-from .ecam import BUS_SHIFT, PciAddressError, Segment
+from .access import (ACCESS_DTYPE, CONF1, MMCONFIG, PCI_CONF1_ADDRESS_PORT, PCI_CONF1_DATA_PORT,
+                     ScanResult)
+from .ecam import PciAddressError, Segment, ecam_offset
 from .topology import Q35_ECAM_BASE, Topology
 
 MMCFG_REGION = "pcie-mmcfg-mmio"
-_LINE = re.compile(r"^\S+?:memory_region_ops_(read|write) cpu \d+ mr 0x[0-9a-f]+ addr (0x[0-9a-f]+) "
+_LINE = re.compile(r"^(?:\S+?:)?memory_region_ops_(read|write) cpu \d+ mr 0x[0-9a-f]+ addr (0x[0-9a-f]+) "
                    r"value (0x[0-9a-f]+) size (\d+) name '([^']*)'\s*$")
 _UART_THR, _UART_LCR, _UART_LCR_DLAB = 0x3F8, 0x3FB, 0x80
 
@@ -72,15 +73,17 @@ class Trace:
 
 
 def _open_text(source) -> io.TextIOBase:
-    """A Path, or a str naming an existing file, is read (gunzipped if .gz); any other str
-    is the text itself."""
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
-                                    and Path(source).is_file()):
+    """A Path, or a one-line str naming a file, is read (gunzipped if .gz); other text is
+    the data itself. A one-line str that is neither a file nor data (no ',' and no
+    'memory_region_ops_') is taken for a missing file: FileNotFoundError."""
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"expected a path or text, got {type(source).__name__}")
+    text = str(source)
+    if isinstance(source, Path) or ("\n" not in text and (Path(text).is_file() or not (
+            "," in text or "memory_region_ops_" in text))):
         path = Path(source)
         return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
-    if not isinstance(source, str):
-        raise TypeError(f"expected a path or text, got {type(source).__name__}")
-    return io.StringIO(source)
+    return io.StringIO(text)
 
 
 def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG_REGION) -> Trace:
@@ -107,17 +110,17 @@ def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG
                     bdf, reg = segment.decode(addr)
                 except PciAddressError as exc:
                     raise TraceParseError(lineno, str(exc)) from None
-                rows.append((0, bdf.bus, bdf.dev, bdf.fn, reg, size, int(is_write), MMCONFIG, value))
+                rows.append((bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, int(is_write), MMCONFIG, value))
                 lines.append(lineno)
                 last_mmcfg = len(rows)
             elif name == "pci-conf-idx":
-                if is_write and addr == 0xCF8 and size == 4:
+                if is_write and addr == PCI_CONF1_ADDRESS_PORT and size == 4:
                     latch = value
             elif name == "pci-conf-data":
-                if not 0xCFC <= addr <= 0xCFF:
+                if not PCI_CONF1_DATA_PORT <= addr <= PCI_CONF1_DATA_PORT + 3:
                     raise TraceParseError(lineno, f"pci-conf-data access at port {addr:#x}")
                 if latch & 0x8000_0000:
-                    reg = (latch & 0xFC) + (addr - 0xCFC)
+                    reg = (latch & 0xFC) + (addr - PCI_CONF1_DATA_PORT)
                     rows.append((0, latch >> 16 & 0xFF, latch >> 11 & 31, latch >> 8 & 7, reg, size,
                                  int(is_write), CONF1, value))
                     lines.append(lineno)
@@ -163,18 +166,17 @@ def parse_csv(source, segment: Segment | None = None) -> Trace:
                 bdf, reg = segment.decode(segment.base + offset)
             except PciAddressError as exc:
                 raise TraceParseError(lineno, str(exc)) from None
-            rows.append((0, bdf.bus, bdf.dev, bdf.fn, reg, size, int(op[0] == "w"), MMCONFIG, value))
+            rows.append((bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, int(op[0] == "w"), MMCONFIG, value))
             lines.append(lineno)
     acc = np.array(rows, dtype=ACCESS_DTYPE) if rows else np.empty(0, dtype=ACCESS_DTYPE)
     return Trace(acc, np.array(lines, dtype=np.int64), None)
 
 
-def format_csv(accesses: np.ndarray, segment: Segment | None = None) -> str:
+def format_csv(accesses: np.ndarray) -> str:
     """MMCONFIG accesses as `op,offset,size,value` CSV (the inverse of parse_csv)."""
-    segment = segment or Segment(Q35_ECAM_BASE)
     out = ["op,offset,size,value"]
     for a in accesses[accesses["mech"] == MMCONFIG]:
-        offset = int(a["bus"]) << BUS_SHIFT | int(a["dev"]) << 15 | int(a["fn"]) << 12 | int(a["reg"])
+        offset = ecam_offset(int(a["bus"]), int(a["dev"]), int(a["fn"]), int(a["reg"]))
         out.append(f"{'w' if a['is_write'] else 'r'},{offset:#x},{int(a['size'])},{int(a['value']):#x}")
     return "\n".join(out) + "\n"
 
