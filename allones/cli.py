@@ -132,7 +132,8 @@ def topology_show(args, out) -> int:
 
 def scan(args, out) -> int:
     options = {k: v for k, v in (("cpu", args.cpu), ("last_bus", args.last_bus),
-                                 ("pcie_scan_all", args.pcie_scan_all or None)) if v is not None}
+                                 ("pcie_scan_all", args.pcie_scan_all or None),
+                                 ("max_buses", args.max_buses), ("count", args.count)) if v is not None}
     vmm = _vmm(args, _topology(args))
     run = vmm.run_scan(args.name, args.mechanism or _default_mechanism(args.name), args.seed,
                        reactive=args.reactive, **options)
@@ -182,6 +183,9 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", choices=CPUS, help="linux-boot-x86: the vCPU (default intel)")
     p.add_argument("--last-bus", type=int, help="linux-boot-x86: pci=lastbus=N")
     p.add_argument("--pcie-scan-all", action="store_true", help="Linux scans: pci=pcie_scan_all")
+    p.add_argument("--max-buses", type=int, help="full-dump: buses per segment (a whole window is "
+                                                  "67M accesses)")
+    p.add_argument("--count", type=int, help="random: how many accesses")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reactive", action="store_true",
                    help="feed the scan the VM's own answers, access by access")

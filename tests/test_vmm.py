@@ -6,7 +6,6 @@ import pytest
 from allones import VM, Host, SlotOverlap
 from allones.constants import (KVM_MEM_ALLONES, KVM_MEM_READONLY, KVM_USER_MEM_SLOTS, PAGE_SHIFT,
                                PAGE_SIZE)
-from allones.errors import InvalidArgument
 from allones.pci.builders import q35_default
 from allones.pci.ecam import Bdf
 from allones.pci.holes import MemslotBudgetError, hole_layout
@@ -214,3 +213,31 @@ def test_trace_replay_on_vmm_counts_wrong_answers(q35, vm):
     scan.accesses = acc
     run = Vmm(VM(Host()), q35, "allones").replay(scan)
     assert (run.present_mismatches, run.hole_mismatches) == (1, 0)
+
+
+def test_an_empty_scan_replays_to_nothing(q35, vm):
+    run = Vmm(vm, q35).run_scan("random", "mmconfig", count=0)
+    assert run.accesses["accesses"] == 0 and run.stats == {} and run.hole_mismatches == 0
+
+
+def test_each_run_starts_from_the_devices_firmware_left(q35, vm):
+    """A run reboots the devices: an earlier run's BAR programming does not leak into the
+    next run's answers (which plans expect from fresh config spaces)."""
+    vmm = Vmm(vm, q35)
+    bar = plan_scan(q35, "random", "mmconfig", count=1)
+    bar.accesses[0] = (0, 0, 1, 0, 0x18, 4, 1, 0, 0xC100_0000)    # program VGA BAR2
+    vmm.replay(bar)
+    run = vmm.run_scan("linux-probe", "mmconfig")
+    assert run.present_mismatches == 0 and run.hole_mismatches == 0
+
+
+def test_linux_probe_below_a_pcie_to_pci_bridge_scans_device_0_only(host):
+    """only_one_child() also holds below a PCIe-to-PCI bridge (pcie_downstream_port())."""
+    from allones.pci.builders import q35_chipset, root_port
+    from allones.pci.topology import Function, PortType, Topology
+    bridge = Function(Bdf(0, 1, 0, 0), vendor=0x1B36, device=0x000E, class_code=0x060400,
+                      header_type=1, port_type=PortType.PCIE_BRIDGE, secondary=2, subordinate=2)
+    topo = Topology(q35_chipset() + [root_port(0, 2, 0, 1, 2), bridge])
+    run = Vmm(VM(host), topo).run_scan("linux-probe", "mmconfig", reactive=True)
+    assert run.accesses["mmconfig_hole_reads"] == plan_scan(topo, "linux-probe", "mmconfig").counts()["mmconfig_hole_reads"]
+    assert Bdf(0, 2, 1, 0) not in plan_scan(topo, "linux-probe", "mmconfig").touched()

@@ -2,7 +2,10 @@
 
 IDs and BARs are those QEMU gives its devices (hw/pci-host/q35.c, hw/isa/lpc_ich9.c,
 hw/ide/ich.c, hw/i2c/smbus_ich9.c, hw/display/bochs-display.c, hw/pci-bridge/gen_pcie_root_port.c,
-hw/virtio/virtio-pci.c, hw/usb/hcd-xhci-pci.c, hw/nvme/ctrl.c).
+hw/pci-bridge/xio3130_upstream.c and _downstream.c, hw/virtio/virtio-pci.c,
+hw/usb/hcd-xhci-pci.c, hw/nvme/ctrl.c). Simplification: devices on a root bus are conventional
+PCI here, as virtio is in QEMU; QEMU gives xhci, e1000e and nvme an RC-integrated-endpoint
+PCIe capability there.
 """
 
 from __future__ import annotations
@@ -149,14 +152,14 @@ def random_topology(seed: int, nr_root_devices: int = 8, max_depth: int = 3,
                 downs.append((d, dbus))
                 below_port(dbus, depth + 1)
             sub = next_bus[0] - 1
-            functions.append(_fn(seg, bus, 0, 0, vendor=0x1B36, device=0x000E, class_code=0x060400,
+            functions.append(_fn(seg, bus, 0, 0, vendor=0x104C, device=0x8232, class_code=0x060400,
                                  header_type=1, port_type=PortType.UPSTREAM, secondary=switch_bus,
-                                 subordinate=sub, name="switch-upstream"))
+                                 subordinate=sub, name="x3130-upstream"))
             for d, dbus in downs:
-                functions.append(_fn(seg, switch_bus, d, 0, vendor=0x1B36, device=0x000F,
+                functions.append(_fn(seg, switch_bus, d, 0, vendor=0x104C, device=0x8233,
                                      class_code=0x060400, header_type=1, port_type=PortType.DOWNSTREAM,
                                      secondary=dbus, subordinate=_subtree_end(dbus),
-                                     name="switch-downstream"))
+                                     name="xio3130-downstream"))
             return
         nfn = 1 if rng.random() < 0.8 else int(rng.integers(2, 5))
         for fn in range(nfn):

@@ -2,15 +2,16 @@
 the x86-64 boot sequence around it.
 
 Each function mirrors the kernel function named in its docstring, access for access where
-the access decides what is touched next (vendor IDs, header types, bridges' bus numbers),
-and in kind and count for the rest (capability walks, BAR sizing).
+the access decides what is touched next (vendor IDs, header types, bridges' bus numbers)
+and for BAR sizing; capability searches follow pci_init_capabilities() in kind and order,
+close to but not exactly in count (the real log has a few more on present functions).
 """
 
 from __future__ import annotations
 
 from .access import ConfigCycles
 from .config_space import (PCI_BASE_ADDRESS_0, PCI_CAP_ID_EXP, PCI_CAP_ID_MSI, PCI_CAP_ID_PM,
-                           PCI_CAPABILITY_LIST, PCI_CLASS_PROG, PCI_COMMAND, PCI_HEADER_TYPE,
+                           PCI_CAPABILITY_LIST, PCI_COMMAND, PCI_HEADER_TYPE,
                            PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN, PCI_PRIMARY_BUS, PCI_ROM_ADDRESS,
                            PCI_ROM_ADDRESS1, PCI_STATUS, PCI_STATUS_CAP_LIST, PCI_SUBSYSTEM_VENDOR_ID,
                            PCI_BRIDGE_CONTROL, PCI_IO_BASE, PCI_PREF_MEMORY_BASE)
@@ -18,13 +19,13 @@ from .ecam import Bdf, NR_DEVS
 from .topology import PortType, Topology
 
 PCI_VENDOR_ID, PCI_CLASS_REVISION, PCI_CLASS_DEVICE = 0x00, 0x08, 0x0A
-PCI_SEC_STATUS = 0x1E
+PCI_SEC_STATUS, PCI_PREF_BASE_UPPER32 = 0x1E, 0x28
 PCI_CFG_SPACE_SIZE, PCI_CFG_SPACE_EXP_SIZE = 0x100, 0x1000
 PCI_COMMAND_DECODE_ENABLE = 0x3          # PCI_COMMAND_IO | PCI_COMMAND_MEMORY
 PCI_COMMAND_INTX_DISABLE = 0x400
 PCI_ROM_ADDRESS_MASK = 0xFFFFF800
 PCI_FIND_CAP_TTL = 48
-PCI_CAP_ID_VPD, PCI_CAP_ID_PCIX, PCI_CAP_ID_MSIX, PCI_CAP_ID_EA = 0x03, 0x07, 0x11, 0x14
+PCI_CAP_ID_VPD, PCI_CAP_ID_PCIX, PCI_CAP_ID_MSIX, PCI_CAP_ID_AF, PCI_CAP_ID_EA = 0x03, 0x07, 0x11, 0x13, 0x14
 #: extended capabilities pci_init_capabilities() looks for on a PCIe function (v6.1 order:
 #: ARI, SR-IOV, ATS, PRI, PASID, ACS, PTM, AER (ERR), DPC, L1SS via ASPM, DOE)
 PROBE_EXT_CAPS = (0x0E, 0x10, 0x0F, 0x13, 0x1B, 0x0D, 0x1F, 0x01, 0x1D, 0x1E, 0x2E)
@@ -44,29 +45,34 @@ class Dev:
 
 
 def probe(cycles: ConfigCycles, topology: Topology, rng, pcie_scan_all: bool = False):
-    """The ACPI root bridges' scan: pci_scan_child_bus() of every root bus, in order."""
+    """The ACPI root bridges' scan: pci_scan_child_bus() of every root bus, in order.
+    Returns the (segment, bus) of every bus it scanned."""
+    scanned = set()
     for segment, bus in topology.root_buses():
-        yield from scan_child_bus(cycles, segment, bus, None, pcie_scan_all)
+        scanned |= yield from scan_child_bus(cycles, segment, bus, None, pcie_scan_all)
+    return scanned
 
 
 def scan_child_bus(cycles, segment, bus, bridge: Dev | None, pcie_scan_all):
-    """pci_scan_child_bus_extend(): every slot, then every bridge found (pass 0 then 1)."""
-    found = []
+    """pci_scan_child_bus_extend(): every slot, then every bridge found (pass 0 then 1).
+    Returns the (segment, bus) of this bus and every bus scanned below it."""
+    found, scanned = [], {(segment, bus)}
     for dev in range(NR_DEVS):
         found += yield from scan_slot(cycles, segment, bus, dev, bridge, pcie_scan_all)
     bridges = [d for d in found if d.hdr_type & 0x7F == 1]
-    for d in bridges:
-        yield from scan_bridge(cycles, d, 0, pcie_scan_all)
-    for d in bridges:
-        yield from scan_bridge(cycles, d, 1, pcie_scan_all)
+    for pass_ in (0, 1):
+        for d in bridges:
+            scanned |= yield from scan_bridge(cycles, d, pass_, pcie_scan_all)
+    return scanned
 
 
 def only_one_child(bridge: Dev | None, pcie_scan_all: bool) -> bool:
-    """only_one_child(): below a PCIe root or downstream port only device 0 exists, unless
+    """only_one_child(): below a PCIe downstream port (pcie_downstream_port(): a root port, a
+    switch downstream port or a PCI/PCI-X to PCIe bridge) only device 0 exists, unless
     pci=pcie_scan_all (PCI_SCAN_ALL_PCIE_DEVS)."""
     if bridge is None or not bridge.pcie_cap or pcie_scan_all:
         return False
-    return bridge.port_type in (PortType.ROOT_PORT, PortType.DOWNSTREAM)
+    return bridge.port_type in (PortType.ROOT_PORT, PortType.DOWNSTREAM, PortType.PCIE_BRIDGE)
 
 
 def scan_slot(cycles, segment, bus, dev, bridge, pcie_scan_all):
@@ -229,53 +235,70 @@ def read_base(cycles, dev: Dev, reg: int, mask: int):
 
 
 def read_bridge_windows(cycles, dev: Dev):
-    """pci_read_bridge_windows(): probe whether the I/O and prefetchable windows exist
-    (write a pattern, read it back, restore)."""
-    for reg, size, pattern in ((PCI_IO_BASE, 2, 0xE0F0), (PCI_PREF_MEMORY_BASE, 4, 0xFFF0FFF0)):
-        saved = yield from cycles.read(dev.bdf, reg, size)
-        if saved == 0:
+    """pci_read_bridge_windows(): do the I/O and prefetchable windows exist (a register that
+    reads 0 gets a pattern written, read back, and 0 restored), and are the prefetchable
+    window's upper 32 bits writable when it says it is 64-bit."""
+    pmem = 0
+    for reg, size, pattern in ((PCI_IO_BASE, 2, 0xE0F0), (PCI_PREF_MEMORY_BASE, 4, 0xFFE0FFF0)):
+        value = yield from cycles.read(dev.bdf, reg, size)
+        if value == 0:
             yield from cycles.write(dev.bdf, reg, size, pattern)
-            yield from cycles.read(dev.bdf, reg, size)
+            value = yield from cycles.read(dev.bdf, reg, size)
             yield from cycles.write(dev.bdf, reg, size, 0)
+        pmem = value
+    if pmem & 0xF == 0x1:                                         # PCI_PREF_RANGE_TYPE_64
+        upper = yield from cycles.read(dev.bdf, PCI_PREF_BASE_UPPER32, 4)
+        yield from cycles.write(dev.bdf, PCI_PREF_BASE_UPPER32, 4, 0xFFFFFFFF)
+        yield from cycles.read(dev.bdf, PCI_PREF_BASE_UPPER32, 4)
+        yield from cycles.write(dev.bdf, PCI_PREF_BASE_UPPER32, 4, upper)
 
 
 def init_capabilities(cycles, dev: Dev):
-    """pci_init_capabilities(): each init looks for its capability; PM and MSI are set up."""
-    for cap in (PCI_CAP_ID_EA, PCI_CAP_ID_MSI, PCI_CAP_ID_MSIX):   # pci_ea_init, pci_msi_init
+    """pci_init_capabilities(), in order: EA; MSI and MSI-X found and left disabled; PM
+    (PMC, then PCI_STATUS for Immediate Readiness); VPD; the save buffers' searches (PCIe,
+    PCI-X); the extended capabilities; pci_init_reset_methods() (AF, PM control)."""
+    yield from find_capability(cycles, dev, PCI_CAP_ID_EA)       # pci_ea_init
+    for cap, enable in ((PCI_CAP_ID_MSI, 0x0001), (PCI_CAP_ID_MSIX, 0x8000)):   # pci_msi(x)_init
         pos = yield from find_capability(cycles, dev, cap)
-        if pos and cap == PCI_CAP_ID_MSI:                          # disable MSI
+        if pos:
             ctrl = yield from cycles.read(dev.bdf, pos + 2, 2)
-            if ctrl & 1:
-                yield from cycles.write(dev.bdf, pos + 2, 2, ctrl & ~1)
+            if ctrl & enable:
+                yield from cycles.write(dev.bdf, pos + 2, 2, ctrl & ~enable)
     pm = yield from find_capability(cycles, dev, PCI_CAP_ID_PM)   # pci_pm_init
     if pm:
         yield from cycles.read(dev.bdf, pm + 2, 2)                # PCI_PM_PMC
-        yield from cycles.read(dev.bdf, pm + 4, 2)                # PCI_PM_CTRL
+    yield from cycles.read(dev.bdf, PCI_STATUS, 2)                # PCI_STATUS_IMM_READY
     yield from find_capability(cycles, dev, PCI_CAP_ID_VPD)      # pci_vpd_init
+    for cap in (PCI_CAP_ID_EXP, PCI_CAP_ID_PCIX):                 # pci_allocate_cap_save_buffers
+        yield from find_capability(cycles, dev, cap)
     for cap in PROBE_EXT_CAPS:
         if cap == 0x0E and not dev.multifunction:
             continue                                               # ARI only matters then
         yield from find_ext_capability(cycles, dev, cap)
+    yield from find_capability(cycles, dev, PCI_CAP_ID_AF)       # pci_af_flr()
+    if pm:
+        yield from cycles.read(dev.bdf, pm + 4, 2)                # pci_pm_reset(): PCI_PM_CTRL
 
 
 def scan_bridge(cycles, dev: Dev, pass_: int, pcie_scan_all: bool):
     """pci_scan_bridge_extend() for a bridge firmware already numbered: pass 0 reads its bus
     numbers, quiets master-abort reporting and scans the secondary bus; pass 1 rereads; both
-    clear the secondary status and restore the bridge control."""
+    clear the secondary status and restore the bridge control. Returns the buses scanned."""
     buses = yield from cycles.read(dev.bdf, PCI_PRIMARY_BUS, 4)
     bctl = yield from cycles.read(dev.bdf, PCI_BRIDGE_CONTROL, 2)
     yield from cycles.write(dev.bdf, PCI_BRIDGE_CONTROL, 2, bctl & ~0x20)   # ~MASTER_ABORT
-    secondary = buses >> 8 & 0xFF
+    secondary, scanned = buses >> 8 & 0xFF, set()
     if pass_ == 0 and secondary > dev.bdf.bus:
-        yield from scan_child_bus(cycles, dev.bdf.segment, secondary, dev, pcie_scan_all)
+        scanned = yield from scan_child_bus(cycles, dev.bdf.segment, secondary, dev, pcie_scan_all)
     yield from cycles.write(dev.bdf, PCI_SEC_STATUS, 2, 0xFFFF)
     yield from cycles.write(dev.bdf, PCI_BRIDGE_CONTROL, 2, bctl)
+    return scanned
 
 
 # -- the x86-64 boot ---------------------------------------------------------------------------
 #
 # Phases in the order a 6.1 kernel runs them (checked against the q35/OVMF trace in
-# ../shared/traces: see tests/pci/test_trace_boot.py). `early=True` accesses are
+# tests/data: see tests/pci/test_boot_matches_trace.py). `early=True` accesses are
 # arch/x86/pci/early.c's read_pci_config*(): port I/O whatever the mechanism.
 
 CPUS = ("intel", "amd", "amd-k8")
@@ -294,7 +317,9 @@ def boot_x86(cycles, topology: Topology, rng, cpu: str = "intel", last_bus: int 
     cpu: "intel", "amd" (family 0x17+: no GART), or "amd-k8" (family 0xf, QEMU's default
     qemu64 model, which also runs the GART aperture checks: two "poor man's" scans of all
     256 buses through search_agp_bridge()).
-    last_bus: pci=lastbus=N; by default pcibios_last_bus is segment 0's MCFG end bus.
+    last_bus: pci=lastbus=N; by default pcibios_last_bus is segment 0's MCFG end bus, or -1
+    (no peer-bridge scan) under the "conf1" mechanism, which is pci=nommconf: no MMCONFIG
+    setup at all (__pci_mmcfg_init() never runs, nor pci_mmcfg_check_hostbridge()).
     pcie_scan_all: pci=pcie_scan_all.
     The mechanism given to the scan chooses raw_pci_read()'s path: "linux-x86-default"
     (conf1 below 0x100), or "mmconfig" (MMCONFIG preferred for every access); early
@@ -317,10 +342,15 @@ def boot_x86(cycles, topology: Topology, rng, cpu: str = "intel", last_bus: int 
         yield from cycles.read(Bdf(0, 0, 0x18, 0), 0x68, 4, early=True)   # identify_boot_cpu()
         for bus, dev in ((0, 0x18), (0, 0x18), (0xFF, 0), (0, 0x18), (0, 0x18)):   # amd_bus.c
             yield from cycles.read(Bdf(0, bus, dev, 0), PCI_VENDOR_ID, 4, early=True)
-    for bus, devfn in MMCFG_PROBES:                                       # pci_mmcfg_check_hostbridge()
-        yield from cycles.read(Bdf(0, bus, devfn >> 3, devfn & 7), PCI_VENDOR_ID, 4, early=True)
-    yield from probe(cycles, topology, rng, pcie_scan_all)                # ACPI root bridges
-    yield from fixup_peer_bridges(cycles, topology, last_bus, pcie_scan_all)
+    mmconf = cycles.mechanism != "conf1"
+    if mmconf:
+        for bus, devfn in MMCFG_PROBES:                                   # pci_mmcfg_check_hostbridge()
+            yield from cycles.read(Bdf(0, bus, devfn >> 3, devfn & 7), PCI_VENDOR_ID, 4, early=True)
+    scanned = yield from probe(cycles, topology, rng, pcie_scan_all)      # ACPI root bridges
+    if last_bus is None:
+        seg0 = [s for s in topology.segments if s.segment == 0]
+        last_bus = seg0[0].end_bus if mmconf and seg0 else -1
+    yield from fixup_peer_bridges(cycles, {b for s, b in scanned if s == 0}, last_bus, pcie_scan_all)
 
 
 def search_agp_bridge(cycles):
@@ -371,13 +401,14 @@ def gart_aperture_check(cycles):
 
 
 def find_northbridge(cycles):
-    """arch/x86/mm/amd_numa.c: find_northbridge(): function 0 of every device on bus 0,
-    looking for an AMD K8 northbridge (then its function 1)."""
+    """arch/x86/mm/amdtopology.c: find_northbridge(): function 0 of every device on bus 0,
+    looking for an AMD K8/10h/11h northbridge whose function 1 matches too."""
     for dev in range(NR_DEVS):
         ids = yield from cycles.read(Bdf(0, 0, dev, 0), PCI_VENDOR_ID, 4, early=True)
         if ids in (0x1100_1022, 0x1200_1022, 0x1300_1022):
-            yield from cycles.read(Bdf(0, 0, dev, 1), PCI_VENDOR_ID, 4, early=True)
-            return
+            ids1 = yield from cycles.read(Bdf(0, 0, dev, 1), PCI_VENDOR_ID, 4, early=True)
+            if ids1 in (0x1101_1022, 0x1201_1022, 0x1301_1022):
+                return
 
 
 def early_pci_scan_bus(cycles, bus):
@@ -401,23 +432,20 @@ def early_pci_scan_bus(cycles, bus):
                 break
 
 
-def fixup_peer_bridges(cycles, topology: Topology, last_bus, pcie_scan_all):
-    """arch/x86/pci/legacy.c: pcibios_fixup_peer_bridges(): every bus up to pcibios_last_bus
-    that no scan has found gets pcibios_scan_specific_bus(): the vendor ID (16 bits, through
-    raw_pci_read()) of function 0 of each device until one answers; then that bus is scanned
-    as a new root. pcibios_last_bus: pci=lastbus=N, else the MCFG end bus of segment 0
-    (__pci_mmcfg_init()); nothing when it is not in 1..255."""
-    seg0 = topology.segment(0) if any(s.segment == 0 for s in topology.segments) else None
-    last = last_bus if last_bus is not None else (seg0.end_bus if seg0 else -1)
-    if not 0 < last <= 0xFF:
+def fixup_peer_bridges(cycles, known: set[int], last_bus: int, pcie_scan_all):
+    """arch/x86/pci/legacy.c: pcibios_fixup_peer_bridges(): every bus of segment 0 up to
+    pcibios_last_bus that no scan has found (not in `known`) gets
+    pcibios_scan_specific_bus(): the vendor ID (16 bits, through raw_pci_read()) of function 0
+    of each device until one answers; then that bus is scanned as a new root. Nothing when
+    pcibios_last_bus is not in 1..255."""
+    if not 0 < last_bus <= 0xFF:
         return
-    known = {bus for s, bus in topology.root_buses() if s == 0}
-    known |= {f.secondary for f in topology if f.is_bridge and f.bdf.segment == 0}
-    for bus in range(last + 1):
+    known = set(known)
+    for bus in range(last_bus + 1):
         if bus in known:
             continue
         for dev in range(NR_DEVS):
             vendor = yield from cycles.read(Bdf(0, bus, dev, 0), PCI_VENDOR_ID, 2)
             if vendor not in (0xFFFF, 0x0000):
-                yield from scan_child_bus(cycles, 0, bus, None, pcie_scan_all)
+                known |= {b for _, b in (yield from scan_child_bus(cycles, 0, bus, None, pcie_scan_all))}
                 break

@@ -16,6 +16,16 @@ from .ecam import Bdf, PciAddressError, Segment
 from .topology import (CLASS_NAMES, Q35_ECAM_BASE, Bar, BarKind, Function, PortType, Topology)
 
 EXTRA_SEGMENT_BASE = 0x80_0000_0000   # where segments > 0 go when text does not say
+#: QEMU bridges by ID: their port type (None: a conventional PCI-to-PCI bridge). Other
+#: bridges get a port type from where they sit.
+KNOWN_BRIDGES = {
+    (0x1B36, 0x000C): PortType.ROOT_PORT,      # pcie-root-port
+    (0x8086, 0x7075): PortType.ROOT_PORT,      # ioh3420
+    (0x104C, 0x8232): PortType.UPSTREAM,       # x3130-upstream
+    (0x104C, 0x8233): PortType.DOWNSTREAM,     # xio3130-downstream
+    (0x1B36, 0x000E): PortType.PCIE_BRIDGE,    # pcie-pci-bridge
+    (0x1B36, 0x0001): None,                    # pci-bridge
+}
 
 
 class TopologyParseError(ValueError):
@@ -80,18 +90,13 @@ def _walk(seg, bus, parent_type, next_bus, by_bus, out, numbered):
     numbered.add((seg, bus))
     for lineno, bdf, cls, ven, dev, rev in sorted(by_bus.get((seg, bus), []), key=lambda r: r[1]):
         bridge = cls >> 8 == 0x0604
-        if parent_type is None:
-            port = PortType.ROOT_PORT if bridge else None
-        elif parent_type == PortType.UPSTREAM:
-            port = PortType.DOWNSTREAM if bridge else PortType.ENDPOINT
-        else:
-            port = PortType.UPSTREAM if bridge else PortType.ENDPOINT
+        port = _port_by_place(parent_type, bridge, (ven, dev))
         kw = dict(vendor=ven, device=dev, class_code=cls, revision=rev, port_type=port)
         try:
             if bridge:
                 next_bus[0] += 1
                 secondary = next_bus[0]
-                _walk(seg, secondary, port, next_bus, by_bus, out, numbered)
+                _walk(seg, secondary, "pci" if port is None else port, next_bus, by_bus, out, numbered)
                 out.append(Function(bdf, header_type=1, secondary=secondary, subordinate=next_bus[0], **kw))
             else:
                 out.append(Function(bdf, **kw))
@@ -166,16 +171,26 @@ def _checked(functions, lines, kw) -> Topology:
 
 
 def _port_type(r, parents) -> PortType | None:
-    """Where a function sits says its port type: a bridge on a root bus is a root port,
-    below a root or downstream port an upstream port, below an upstream port a downstream
-    port; other functions below a port are endpoints, on a root bus conventional PCI."""
+    """The port type of an `info pci` record: its parent bridge's, then _port_by_place()."""
     parent = parents.get(r["bus"])
-    bridge = "secondary" in r
-    if parent is None:
+    parent_type = None if parent is None else (_port_type(parent, parents) or "pci")
+    return _port_by_place(parent_type, "secondary" in r, (r["vendor"], r["device"]))
+
+
+def _port_by_place(parent_type, bridge: bool, ids) -> PortType | None:
+    """A known bridge's own type; else where it sits: a bridge on a root bus (parent_type
+    None) is a root port, below an upstream port a downstream port, below other ports an
+    upstream port; other functions below a PCIe port are endpoints, elsewhere conventional
+    PCI. parent_type "pci" is a conventional bridge."""
+    if bridge and ids in KNOWN_BRIDGES:
+        return KNOWN_BRIDGES[ids]
+    if parent_type is None:
         return PortType.ROOT_PORT if bridge else None
+    if parent_type == "pci":
+        return None
     if not bridge:
         return PortType.ENDPOINT
-    return PortType.DOWNSTREAM if _port_type(parent, parents) == PortType.UPSTREAM else PortType.UPSTREAM
+    return PortType.DOWNSTREAM if parent_type == PortType.UPSTREAM else PortType.UPSTREAM
 
 
 def _info_pci_line(cur, lineno, line):

@@ -22,24 +22,28 @@ def brute_force(cycles: ConfigCycles, topology: Topology, rng):
     """Every function of every bus of every window the mechanism reaches, one dword at
     offset 0, one bus a batch."""
     dev, fn = np.divmod(np.arange(NR_DEVS * NR_FNS), NR_FNS)
-    for seg in topology.segments:
-        if cycles.route(seg.segment, 0) is None:
-            continue                      # conf1 reaches segment 0 only
+    for seg in _reachable(cycles, topology):
         for bus in range(seg.start_bus, seg.end_bus + 1):
             yield cycles.batch(seg.segment, bus, dev, fn, 0, 4)
 
 
 def full_dump(cycles: ConfigCycles, topology: Topology, rng, max_buses: int | None = None):
     """Every dword of every function (`lspci -xxxx` of everything): 1024 dwords a function,
-    or 64 where the mechanism stops at 0x100; `max_buses` per segment bounds the work."""
-    top = 0x100 if cycles.mechanism == "conf1" else 0x1000
-    devfn, reg = np.divmod(np.arange(NR_DEVS * NR_FNS * (top // 4)), top // 4)
-    for seg in topology.segments:
-        if cycles.mechanism == "conf1" and seg.segment:
-            continue
+    or 64 where the mechanism stops at 0x100; `max_buses` per segment bounds the work (a
+    256-bus window is 67M accesses)."""
+    if max_buses is not None and max_buses < 1:
+        raise ValueError(f"max_buses {max_buses} must be at least 1")
+    for seg in _reachable(cycles, topology):
+        top = 0x1000 if cycles.route(seg.segment, 0x100) is not None else 0x100
+        devfn, reg = np.divmod(np.arange(NR_DEVS * NR_FNS * (top // 4)), top // 4)
         last = seg.end_bus if max_buses is None else min(seg.end_bus, seg.start_bus + max_buses - 1)
         for bus in range(seg.start_bus, last + 1):
             yield cycles.batch(seg.segment, bus, devfn >> 3, devfn & 7, reg * 4, 4)
+
+
+def _reachable(cycles: ConfigCycles, topology: Topology):
+    """The segments the mechanism reaches (conf1: segment 0 only)."""
+    return [seg for seg in topology.segments if cycles.route(seg.segment, 0) is not None]
 
 
 def firmware(cycles: ConfigCycles, topology: Topology, rng):
@@ -73,14 +77,16 @@ def _firmware_bus(cycles, segment, bus):
 
 def random_scan(cycles: ConfigCycles, topology: Topology, rng, count: int = 4096,
                 write_fraction: float = 0.0):
-    """`count` dword accesses at random functions and registers of the windows (seeded)."""
-    for i, seg in enumerate(topology.segments):
-        n = count // len(topology.segments) + (i < count % len(topology.segments))
-        bus = rng.integers(seg.start_bus, seg.end_bus + 1, n)
-        top = 0x100 if cycles.route(seg.segment, 0x100) is None else 0x1000
-        if cycles.route(seg.segment, 0) is None:
-            continue
-        batch = cycles.batch(seg.segment, bus, rng.integers(0, NR_DEVS, n), rng.integers(0, NR_FNS, n),
+    """`count` dword accesses at random functions and registers of the windows the
+    mechanism reaches, shared out evenly (seeded); a `write_fraction` of them writes."""
+    if count < 0 or not 0 <= write_fraction <= 1:
+        raise ValueError(f"count {count} must be >= 0 and write_fraction {write_fraction} in [0, 1]")
+    segments = _reachable(cycles, topology)
+    for i, seg in enumerate(segments):
+        n = count // len(segments) + (i < count % len(segments))
+        top = 0x1000 if cycles.route(seg.segment, 0x100) is not None else 0x100
+        batch = cycles.batch(seg.segment, rng.integers(seg.start_bus, seg.end_bus + 1, n),
+                             rng.integers(0, NR_DEVS, n), rng.integers(0, NR_FNS, n),
                              rng.integers(0, top // 4, n) * 4, 4)
         batch["is_write"] = rng.random(n) < write_fraction
         batch["value"] = np.where(batch["is_write"] == 1, rng.integers(0, 2**32, n, dtype=np.uint64), 0)

@@ -184,3 +184,28 @@ def test_search_agp_bridge_walks_capabilities_a_byte_at_a_time():
     first = select(a, bus=0, dev=0, fn=0)
     assert list(zip(first["reg"].tolist(), first["size"].tolist())) == [
         (0x08, 4), (0x06, 2), (0x34, 1), (0x90, 1), (0x91, 1), (0x0E, 1)]
+
+
+def test_conf1_only_boot_has_no_mmconfig_setup_and_no_peer_bridge_scan(real_topology):
+    """pci=nommconf: __pci_mmcfg_init() never runs, so no pci_mmcfg_check_hostbridge() reads
+    and pcibios_last_bus stays -1 (pcibios_fixup_peer_bridges() returns at once)."""
+    scan = plan_scan(real_topology, "linux-boot-x86", "conf1")
+    assert len(peer_bridge_reads(scan)) == 0
+    assert not (scan.accesses["bus"] == 0xFF).any()      # ff:00.0 was only pci_mmcfg_probes[]
+    lastbus = plan_scan(real_topology, "linux-boot-x86", "conf1", last_bus=9)
+    assert len(peer_bridge_reads(lastbus)) == 9 * 31     # buses 1-9, devices 1-31
+
+
+def test_peer_bridge_scan_finds_a_bus_the_probe_could_not_see():
+    """A bridge at device 1 behind a root port is hidden from pci_scan_slot() (only_one_child());
+    pcibios_scan_specific_bus() then finds its secondary bus as a peer bus and scans it."""
+    from allones.pci.builders import root_port
+    hidden = Function(Bdf(0, 1, 1, 0), vendor=0x1B36, device=0x0001, class_code=0x060400,
+                      header_type=1, secondary=2, subordinate=2)
+    leaf = Function(Bdf(0, 2, 0, 0), vendor=0x1AF4, device=0x1000, class_code=0x020000)
+    topo = Topology(q35_chipset() + [root_port(0, 2, 0, 1, 2), hidden, leaf])
+    scan = plan_scan(topo, "linux-boot-x86")
+    probe = plan_scan(topo, "linux-probe")
+    assert Bdf(0, 2, 0, 0) not in probe.touched()
+    reads = select(scan.accesses, bus=2, dev=0, fn=0, reg=0)
+    assert (reads["size"] == 2).any() and (reads["size"] == 4).any()   # found, then probed

@@ -192,10 +192,10 @@ SWITCH_LSPCI = """\
 00:1c.0 0604: 1b36:000c
 00:1c.1 0604: 1b36:000c
 00:1f.2 0106: 8086:2922 (rev 02) (prog-if 01 [AHCI 1.0])
-01:00.0 0604: 1b36:000e
-02:00.0 0604: 1b36:000f
-02:01.0 0604: 1b36:000f
-02:02.0 0604: 1b36:000f
+01:00.0 0604: 104c:8232
+02:00.0 0604: 104c:8233
+02:01.0 0604: 104c:8233
+02:02.0 0604: 104c:8233
 03:00.0 0200: 1af4:1041 (rev 01)
 05:00.0 0108: 1b36:0010 (rev 02) (prog-if 02 [NVM Express])
 06:00.0 0c03: 1b36:000d (prog-if 30 [XHCI])
@@ -380,3 +380,11 @@ def test_info_pci_unknown_class_description_is_named():
     """Only QEMU's own descriptions map back to a class; anything else is an error."""
     err = parse_error(parse_info_pci, replace_line(INFO_OK, 17, "    Frobnicator: PCI device 1af4:1041"))
     assert "Frobnicator" in str(err)
+
+
+def test_lspci_conventional_bridge_children_are_conventional():
+    """QEMU's pci-bridge (1b36:0001) is PCI-to-PCI: what sits behind it has no PCIe port
+    type, so a Linux probe scans all 32 devices of its bus (only_one_child() is false)."""
+    t = parse_lspci("00:00.0 0600: 8086:29c0\n00:02.0 0604: 1b36:0001\n01:00.0 0200: 1af4:1000\n")
+    assert t.get(Bdf.parse("00:02.0")).port_type is None
+    assert t.get(Bdf.parse("01:00.0")).port_type is None
