@@ -121,6 +121,7 @@ def _print_run(run, out) -> None:
 
 
 def topology_show(args, out) -> int:
+    """`allones topology show`: the tree, then the hole layout's size."""
     from .pci.holes import hole_layout
     topology = _topology(args)
     print(topology.format_tree(), file=out)
@@ -131,6 +132,7 @@ def topology_show(args, out) -> int:
 
 
 def scan(args, out) -> int:
+    """`allones scan NAME`: one scan on one VM whose holes are backed as asked."""
     options = {k: v for k, v in (("cpu", args.cpu), ("last_bus", args.last_bus),
                                  ("pcie_scan_all", args.pcie_scan_all or None),
                                  ("max_buses", args.max_buses), ("count", args.count)) if v is not None}
@@ -148,6 +150,8 @@ def _default_mechanism(name: str) -> str:
 
 
 def trace_import(args, out) -> int:
+    """`allones trace import PATH`: parse, replay on one VM, report mismatches; --csv writes
+    the MMCONFIG accesses."""
     from .pci.traces import format_csv, read_trace
     trace = read_trace(args.path)
     topology = _topology(args)

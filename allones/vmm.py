@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .constants import KVM_MEM_ALLONES, KVM_MEM_READONLY, KVM_USER_MEM_SLOTS, PAGE_SHIFT, PROT_READ
+from .constants import KVM_MEM_ALLONES, KVM_MEM_READONLY, KVM_USER_MEM_SLOTS, PROT_READ
 from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, SpacesResponder, drive,
                          gpas_of, recorded_answers)
 from .pci.config_space import ConfigSpaces
-from .pci.holes import HoleLayout, hole_layout
+from .pci.holes import HoleLayout, hole_layout, present_gfns
 from .pci.scans import plan_scan, scan_program
 from .pci.topology import Topology
 from .vm import VM
@@ -86,9 +86,7 @@ class Vmm:
         self.slots: list[int] = []
         self.mappings: list[int] = []
         self.reset_devices()
-        self._present_gfns = np.array(sorted(
-            topology.segment(f.bdf.segment).gpa(f.bdf.bus, f.bdf.dev, f.bdf.fn) >> PAGE_SHIFT
-            for f in topology), dtype=np.uint64)
+        self._present_gfns = present_gfns(topology)
         self.mmio_emulated = 0
         self._install(first_slot)
 

@@ -35,6 +35,7 @@ class HoleRun:
 
     @property
     def npages(self) -> int:
+        """4 KiB pages in the run."""
         return self.size >> PAGE_SHIFT
 
 
@@ -48,15 +49,23 @@ class HoleLayout:
 
     @property
     def nr_memslots(self) -> int:
+        """Memslots the layout needs: one per run."""
         return len(self.runs)
 
     @property
     def hole_pages(self) -> int:
+        """Pages of the windows that are holes."""
         return self.window_pages - self.present_pages
 
     def gpas(self) -> np.ndarray:
         """Start gpa of every run."""
         return np.array([r.gpa for r in self.runs], dtype=np.uint64)
+
+
+def present_gfns(topology: Topology) -> np.ndarray:
+    """Guest frame numbers of every present function's config page, sorted."""
+    return np.sort(np.concatenate([(seg.window_start >> PAGE_SHIFT) + present_pages(topology, seg.segment)
+                                   for seg in topology.segments]).astype(np.uint64))
 
 
 def present_pages(topology: Topology, segment: int) -> np.ndarray:
