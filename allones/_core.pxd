@@ -125,10 +125,13 @@ cdef struct memslot_change:
     kvm_memory_slot new           # the slot after the change (unused for DELETE)
 
 
-# One host mapping (a VMA of the VMM) with its frames; pfns are the host's, contiguous.
+# One host mapping (a VMA of the VMM) with its frames; pfns are the host's, contiguous,
+# except for an alias mapping, whose every page is the same frame.
 cdef enum:
     VMA_THP = 1                   # 2 MiB aligned, may back 2 MiB stage-2 leaves
     VMA_ACCOUNTING = 2            # reserved address space only: reads give `fill`
+    VMA_ALIAS = 4                 # every page is the one frame base_pfn, bytes at alias_data
+                                  # (one memfd page mmap'd again and again; never THP)
 
 cdef enum:
     HPAGE_SHIFT = 21              # 2 MiB
@@ -141,8 +144,9 @@ cdef struct host_vma:
     uint64_t npages
     pfn_t base_pfn                # pfn of the first page
     uint32_t prot                 # PROT_READ / PROT_WRITE of the mapping
-    uint32_t flags                # VMA_THP, VMA_ACCOUNTING
+    uint32_t flags                # VMA_THP, VMA_ACCOUNTING, VMA_ALIAS
     uint8_t fill                  # the byte every page was filled with (0 if none)
+    hva_t alias_data              # VMA_ALIAS: address of the one real page (0 if accounting)
 
 
 # One generation of the host's address space, as seen by translation.
@@ -177,6 +181,8 @@ cdef class HostMapping:
     cdef readonly bint thp        # 2 MiB aligned, advised for THP
     cdef readonly bint materialized  # False: accounting only, no memory
     cdef readonly int64_t fill_ns # time the fill took
+    cdef readonly bint is_alias   # npages aliases of one page (VMA_ALIAS)
+    cdef void *page               # alias, materialized: the one real page (else NULL)
 
 
 cdef class HostMM:

@@ -431,6 +431,7 @@ cdef pfn_t hva_to_pfn(host_mm *mm, hva_t hva, bint write_fault, bint *writable) 
     No mapping, or a write fault on a read-only mapping, is KVM_PFN_ERR_FAULT (KVM_RUN then
     fails with EFAULT). On a read fault the kernel asks for a writable page anyway, so
     *writable is the mapping's PROT_WRITE. Host mappings are populated: no async faults.
+    Every page of an alias mapping (VMA_ALIAS) is the same frame: its base_pfn.
     """
     # The shared all-ones page is not among the VMM's mappings: in the kernel it is a
     # kernel address, which no userspace_addr can name (access_ok refuses it).
@@ -439,6 +440,8 @@ cdef pfn_t hva_to_pfn(host_mm *mm, hva_t hva, bint write_fault, bint *writable) 
         return KVM_PFN_ERR_FAULT
     if writable != NULL:
         writable[0] = (mm.vmas[i].prot & PROT_WRITE) != 0
+    if mm.vmas[i].flags & VMA_ALIAS:
+        return mm.vmas[i].base_pfn
     return mm.vmas[i].base_pfn + ((hva - mm.vmas[i].start) >> ALLONES_PAGE_SHIFT)
 
 
@@ -616,36 +619,64 @@ cdef class HostMapping:
 
     The memory lives until the last reference goes (host, snapshots, buffer views), so a
     reader can never see it freed. Buffer views are writable only for PROT_WRITE mappings.
+
+    `alias`: a memfd-alias mapping, the userspace alternative to KVM_MEM_ALLONES: ONE page
+    of a memfd (filled with `fill`) mmap'd again and again, one 4 KiB VMA per page of
+    `size`, each aliasing the same file page, so every page is the same frame (`base_pfn`)
+    with the same bytes. Modeled as one mapping (one host_vma, flag VMA_ALIAS) standing for
+    `npages` VMAs (`nr_vmas`) and one frame (`nr_frames`): the `size` bytes at `hva` are
+    reserved address space only (PROT_NONE, MAP_NORESERVE: distinct hvas, no RAM), and the
+    one real page is mapped apart at `data_hva` (mprotect'ed to `prot`); the engine reads
+    and writes every alias page there. Its buffer exposes that one page (PAGE_SIZE bytes),
+    not `size` bytes; `fill_ns` times the fill of that page. Never THP. Not materialized:
+    no real page at all, reads give `fill` as for any accounting mapping.
     """
 
     def __cinit__(self, uint64_t size, pfn_t base_pfn, fill=None,
-                  uint32_t prot=PROT_READ | PROT_WRITE, bint thp=False, bint materialize=True):
+                  uint32_t prot=PROT_READ | PROT_WRITE, bint thp=False, bint materialize=True,
+                  *, bint alias=False):
         cdef timespec t0, t1
+        cdef void *data               # the real memory: an alias's one page, else all of it
+        cdef uint64_t data_size
         if size == 0 or size & (ALLONES_PAGE_SIZE - 1) or size > (1ULL << 47):
             raise ValueError(f"size {size:#x}: a positive multiple of the page size, at most 2^47")
         if prot & ~(PROT_READ | PROT_WRITE) or not prot & PROT_READ:
             raise ValueError(f"prot {prot:#x}: PROT_READ, optionally with PROT_WRITE")
         if fill is not None and not 0 <= fill <= 0xff:
             raise ValueError(f"fill {fill!r} must be a byte value 0..255")
+        if alias and thp:
+            raise ValueError("an alias mapping is 4 KiB VMAs of one file page: no THP")
         self.size, self.base_pfn, self.prot = size, base_pfn, prot
         self.fill = fill if fill is not None else 0
-        self.thp, self.materialized = thp, materialize
-        self.addr = map_anonymous(size, HPAGE_SIZE if thp else ALLONES_PAGE_SIZE, materialize)
+        self.thp, self.materialized, self.is_alias = thp, materialize, alias
+        # An alias reserves its `size` bytes of hvas only; its memory is the one page.
+        self.addr = map_anonymous(size, HPAGE_SIZE if thp else ALLONES_PAGE_SIZE,
+                                  materialize and not alias)
         if self.addr == NULL:
             raise MemoryError(f"mmap of {size:#x} bytes failed (errno {errno})")
-        if thp and materialize:
-            madvise(self.addr, size, MADV_HUGEPAGE)   # a hint: THP may be off on the host
-        if materialize and self.fill:  # anonymous memory is already zero
+        if not materialize:
+            return
+        if alias:
+            self.page = map_anonymous(ALLONES_PAGE_SIZE, ALLONES_PAGE_SIZE, True)
+            if self.page == NULL:
+                raise MemoryError(f"mmap of the alias page failed (errno {errno})")
+        data = self.page if alias else self.addr
+        data_size = ALLONES_PAGE_SIZE if alias else size
+        if thp:
+            madvise(data, data_size, MADV_HUGEPAGE)   # a hint: THP may be off on the host
+        if self.fill:  # anonymous memory is already zero
             clock_gettime(CLOCK_MONOTONIC, &t0)
-            memset(self.addr, self.fill, size)
+            memset(data, self.fill, data_size)
             clock_gettime(CLOCK_MONOTONIC, &t1)
             self.fill_ns = (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec)
-        if materialize and prot != PROT_READ | PROT_WRITE and mprotect(self.addr, size, prot) != 0:
+        if prot != PROT_READ | PROT_WRITE and mprotect(data, data_size, prot) != 0:
             raise OSError(errno, "mprotect failed")
 
     def __dealloc__(self):
         if self.addr != NULL:
             munmap(self.addr, self.size)
+        if self.page != NULL:
+            munmap(self.page, ALLONES_PAGE_SIZE)
 
     @property
     def hva(self):
@@ -653,21 +684,41 @@ cdef class HostMapping:
         return <uintptr_t>self.addr
 
     @property
+    def data_hva(self):
+        """Where the mapping's bytes are: `hva`, or an alias's one real page; 0 if not
+        materialized."""
+        if not self.materialized:
+            return 0
+        return <uintptr_t>(self.page if self.is_alias else self.addr)
+
+    @property
     def npages(self):
+        """Pages of address space (for an alias: the aliases, one VMA each)."""
         return self.size >> ALLONES_PAGE_SHIFT
+
+    @property
+    def nr_frames(self):
+        """Host data frames it stands for: 1 for an alias, else npages (accounted or real)."""
+        return 1 if self.is_alias else self.size >> ALLONES_PAGE_SHIFT
+
+    @property
+    def nr_vmas(self):
+        """VMAs it stands for (vm.max_map_count's unit): npages for an alias, else 1."""
+        return self.size >> ALLONES_PAGE_SHIFT if self.is_alias else 1
 
     @property
     def writable(self):
         return bool(self.prot & PROT_WRITE)
 
     def __getbuffer__(self, Py_buffer *buf, int flags):
+        # An alias exposes its one real page (PAGE_SIZE bytes), whatever its size.
         if not self.materialized:
             raise BufferError("an accounting mapping has no memory")
         if flags & PyBUF_WRITABLE and not self.prot & PROT_WRITE:
             raise BufferError("the mapping is read-only (PROT_READ)")
-        buf.buf = self.addr
+        buf.buf = self.page if self.is_alias else self.addr
         buf.obj = self
-        buf.len = self.size
+        buf.len = ALLONES_PAGE_SIZE if self.is_alias else self.size
         buf.readonly = not (self.prot & PROT_WRITE)
         buf.itemsize = 1
         buf.format = "B"
@@ -682,7 +733,8 @@ cdef class HostMapping:
 
     def __repr__(self):
         return (f"HostMapping(hva={self.hva:#x}, size={self.size:#x}, base_pfn={self.base_pfn:#x}, "
-                f"prot={self.prot}, fill={self.fill}, thp={self.thp}, materialized={self.materialized})")
+                f"prot={self.prot}, fill={self.fill}, thp={self.thp}, materialized={self.materialized}"
+                + (", alias=True)" if self.is_alias else ")"))
 
 
 cdef void *map_anonymous(uint64_t size, uint64_t align, bint materialize) noexcept nogil:
@@ -725,8 +777,9 @@ cdef class HostMM:
         for i in range(n):
             m = ordered[i]
             self.c.vmas[i] = host_vma(m.hva, m.npages, m.base_pfn, m.prot,
-                                      (VMA_THP if m.thp else 0) | (0 if m.materialized else VMA_ACCOUNTING),
-                                      m.fill)
+                                      (VMA_THP if m.thp else 0) | (0 if m.materialized else VMA_ACCOUNTING)
+                                      | (VMA_ALIAS if m.is_alias else 0),
+                                      m.fill, <uintptr_t>m.page)
             self.c.starts[i] = m.hva
         self.c.nr_vmas = n
         self.c.last_used_vma = 0

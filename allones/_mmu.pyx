@@ -21,8 +21,8 @@ import numpy as np
 
 from allones._core cimport (ALLONES_PAGE_SHIFT, ALLONES_PAGE_SIZE, HPAGE_SIZE, KVM_MEM_ALLONES,
                             KVM_MEM_LOG_DIRTY_PAGES, KVM_PFN_ERR_MASK, KVM_PFN_ERR_RO_FAULT,
-                            KVM_PFN_NOSLOT, PAGES_PER_HPAGE, VMA_ACCOUNTING, VMA_THP, HostMM,
-                            Memslots,
+                            KVM_PFN_NOSLOT, PAGES_PER_HPAGE, VMA_ACCOUNTING, VMA_ALIAS, VMA_THP,
+                            HostMM, Memslots,
                             find_vma, gfn_to_hva_memslot, gfn_to_pfn_memslot, host_vma, index_of_id,
                             lookup_stats, search_memslots)
 
@@ -327,21 +327,25 @@ cdef struct run_ctx:
 
 
 cdef inline uint64_t fill_data(const host_vma *vma, hva_t hva) noexcept nogil:
-    """Where a page's bytes are: its hva, or the fill byte for accounting memory."""
-    return (DATA_FILL | vma.fill) if vma.flags & VMA_ACCOUNTING else hva
+    """Where a page's bytes are: its hva, the one real page of an alias mapping, or the
+    fill byte for accounting memory."""
+    if vma.flags & VMA_ACCOUNTING:
+        return DATA_FILL | vma.fill
+    return vma.alias_data if vma.flags & VMA_ALIAS else hva
 
 
 cdef bint huge_allowed(const kvm_memory_slot *slot, gfn_t gfn, const host_vma *vma,
                        hva_t hva) noexcept nogil:
     """kvm_mmu_max_mapping_level() == 2 MiB: slot covers the aligned region, gfn and hva
-    agree modulo 2 MiB (lpage_info), no dirty logging, and THP backs the hva region."""
+    agree modulo 2 MiB (lpage_info), no dirty logging, and THP backs the hva region.
+    Never for an alias mapping (4 KiB VMAs of one file page: no THP, pfns not contiguous)."""
     cdef gfn_t region = gfn & ~(<gfn_t>PAGES_PER_HPAGE - 1)
     cdef hva_t hregion = hva & ~(<hva_t>HPAGE_SIZE - 1)
     if region < slot.base_gfn or region + PAGES_PER_HPAGE > slot.base_gfn + slot.npages:
         return False
     if (slot.base_gfn ^ (slot.userspace_addr >> ALLONES_PAGE_SHIFT)) & (PAGES_PER_HPAGE - 1):
         return False
-    if slot.flags & KVM_MEM_LOG_DIRTY_PAGES or not vma.flags & VMA_THP:
+    if slot.flags & KVM_MEM_LOG_DIRTY_PAGES or not vma.flags & VMA_THP or vma.flags & VMA_ALIAS:
         return False
     return hregion >= vma.start and hregion + HPAGE_SIZE <= vma.start + vma.npages * ALLONES_PAGE_SIZE
 

@@ -45,6 +45,10 @@ KVM_HVA_ERR_RO_BAD = KVM_HVA_ERR_BAD + PAGE_SIZE
 PROT_READ = _mmap.PROT_READ
 PROT_WRITE = _mmap.PROT_WRITE
 
+# include/linux/mm.h: the default of the vm.max_map_count sysctl (a process's VMA limit;
+# do_mmap() fails with ENOMEM past it): USHRT_MAX - MAPCOUNT_ELF_CORE_MARGIN (5).
+DEFAULT_MAX_MAP_COUNT = 65535 - 5
+
 EINVAL = _errno.EINVAL
 EEXIST = _errno.EEXIST
 EFAULT = _errno.EFAULT

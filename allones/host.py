@@ -11,7 +11,8 @@ import threading
 import weakref
 
 from . import _core
-from .constants import PAGE_SIZE, PROT_READ, PROT_WRITE
+from .constants import DEFAULT_MAX_MAP_COUNT, PAGE_SIZE, PROT_READ, PROT_WRITE
+from .errors import NoMemory
 
 HPAGE_SIZE = 2 << 20
 PAGES_PER_HPAGE = HPAGE_SIZE // PAGE_SIZE
@@ -78,12 +79,13 @@ class Host:
         """Frame of the shared all-ones page, or None on a v2 host."""
         return self.allones_page.base_pfn if self.allones_page is not None else None
 
-    def _new_mapping(self, size, fill, prot, thp=False, materialize=True) -> _core.HostMapping:
+    def _new_mapping(self, size, fill, prot, thp=False, materialize=True,
+                     alias=False) -> _core.HostMapping:
         size = _page_multiple("size", size)
         if thp:  # a 2 MiB leaf needs a 2 MiB-aligned pfn
             self._next_pfn = -(-self._next_pfn // PAGES_PER_HPAGE) * PAGES_PER_HPAGE
-        mapping = _core.HostMapping(size, self._next_pfn, fill, prot, thp, materialize)
-        self._next_pfn += size // PAGE_SIZE
+        mapping = _core.HostMapping(size, self._next_pfn, fill, prot, thp, materialize, alias=alias)
+        self._next_pfn += mapping.nr_frames
         return mapping
 
     def mmap(self, size: int, fill: int | None = None, prot: int = PROT_READ | PROT_WRITE,
@@ -106,6 +108,49 @@ class Host:
         self.fill_ns += mapping.fill_ns
         self._mappings[mapping.hva] = mapping
         self._publish()
+        return mapping
+
+    def mmap_alias(self, size: int, fill: int = 0xFF, prot: int = PROT_READ,
+                   max_map_count: int = DEFAULT_MAX_MAP_COUNT) -> _core.HostMapping:
+        """Map `size` bytes as aliases of ONE memfd page: the userspace alternative to
+        KVM_MEM_ALLONES (memfd_create, write one page of `fill`, then one
+        mmap(MAP_SHARED | MAP_FIXED, offset 0) per 4 KiB, to put behind ordinary
+        KVM_MEM_READONLY memslots).
+
+        Every page has the same frame (`base_pfn`) and bytes; the host spends one frame on
+        it (nr_frames grows by 1) but size / PAGE_SIZE VMAs (nr_vmas): the aliases all map
+        file offset 0, so adjacent ones never merge. Kept as one HostMapping (one host_vma);
+        munmap(hva) unmaps every alias at once. On an accounting host there is no page:
+        reads give `fill`. See HostMapping for the buffer (the one page only).
+
+        Args:
+            size: bytes, a positive multiple of PAGE_SIZE: one alias per page.
+            fill: the byte the memfd page holds (0xFF: all-ones).
+            prot: PROT_READ, or PROT_READ | PROT_WRITE (a write through any alias lands
+                in the one page).
+            max_map_count: the host's vm.max_map_count sysctl.
+
+        Raises NoMemory (ENOMEM) if the host's VMAs (nr_vmas) plus the new ones would
+        exceed max_map_count, as Linux's do_mmap() refuses an mmap once the process has
+        too many mappings; nothing changes then. ValueError for a bad size, fill or prot.
+        """
+        size = _page_multiple("size", size)
+        max_map_count = _as_int("max_map_count", max_map_count)
+        if fill is None or not 0 <= _as_int("fill", fill) <= 0xFF:
+            raise ValueError(f"fill={fill!r} must be a byte value 0..255")
+        if prot not in (PROT_READ, PROT_READ | PROT_WRITE):
+            raise ValueError(f"prot={prot!r}: PROT_READ, optionally with PROT_WRITE")
+        new = size // PAGE_SIZE
+        with self._lock:
+            have = self.nr_vmas
+            if have + new > max_map_count:
+                raise NoMemory(f"mmap_alias of {new} pages: {have} VMAs + {new} aliases (one "
+                               f"VMA each) would exceed vm.max_map_count={max_map_count} "
+                               "(mmap: ENOMEM)", "max_map_count")
+            mapping = self._new_mapping(size, fill, prot, False, self.materialize, alias=True)
+            self.fill_ns += mapping.fill_ns
+            self._mappings[mapping.hva] = mapping
+            self._publish()
         return mapping
 
     def munmap(self, hva: int) -> None:
@@ -133,10 +178,18 @@ class Host:
         return self.mm.mappings
 
     @property
+    def nr_vmas(self) -> int:
+        """VMAs of the VMM's mappings, as vm.max_map_count counts them: one per mapping,
+        one per page of an alias mapping (mmap_alias). The kernel's all-ones pages are not
+        the VMM's; neither are the VMM process's other VMAs (code, heap, stacks), which a
+        real process also has."""
+        return sum(m.nr_vmas for m in self._mappings.values())
+
+    @property
     def nr_frames(self) -> int:
-        """Host data frames in use: every mapped page, the shared all-ones page, and the
-        shared 2 MiB all-ones page once made."""
-        pages = sum(m.npages for m in self._mappings.values())
+        """Host data frames in use: every mapped page (one per alias mapping), the shared
+        all-ones page, and the shared 2 MiB all-ones page once made."""
+        pages = sum(m.nr_frames for m in self._mappings.values())
         pages += 1 if self.allones_page is not None else 0
         return pages + (PAGES_PER_HPAGE if self.allones_hugepage is not None else 0)
 

@@ -1,9 +1,12 @@
 """The userspace side of a VM (the VMM, e.g. QEMU): back the ECAM windows' holes with
 memslots, emulate present functions' config space on exits, and run guest scans.
 
-Backings (DESIGN.md section 1; the experiments layer adds MMU policies on top):
+Backings (the experiments layer, allones.experiments.strategies, adds MMU policies on top):
 - "mmio": no memslot; every hole access exits to userspace, which answers all-ones;
-- "filled": per-VM anonymous memory filled with 0xff in KVM_MEM_READONLY slots;
+- "filled": per-VM anonymous memory filled with 0xff in KVM_MEM_READONLY slots (`thp`:
+  2 MiB-aligned transparent huge pages, placed so hva and gpa agree modulo 2 MiB);
+- "memfd-alias": one 0xff page aliased once per hole page (Host.mmap_alias: one VMA each,
+  so it fails past vm.max_map_count) behind KVM_MEM_READONLY slots;
 - "allones": KVM_MEM_ALLONES slots (the RFC), on a Host whose bit 2 means that;
 - "pci-hole": KVM_MEM_PCI_HOLE slots (the series' v2), on a Host whose bit 2 means that.
 Present functions' pages never get a slot: their accesses exit and are emulated here.
@@ -17,7 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .constants import KVM_MEM_ALLONES, KVM_MEM_READONLY, KVM_USER_MEM_SLOTS, PROT_READ
+from .constants import (DEFAULT_MAX_MAP_COUNT, KVM_MEM_ALLONES, KVM_MEM_READONLY, KVM_USER_MEM_SLOTS,
+                        PAGE_SIZE, PROT_READ)
+from .errors import NoMemory
 from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, SpacesResponder, drive,
                          gpas_of, recorded_answers)
 from .pci.config_space import ConfigSpaces
@@ -26,7 +31,12 @@ from .pci.scans import plan_scan, scan_program
 from .pci.topology import Topology
 from .vm import VM
 
-BACKINGS = ("mmio", "filled", "allones", "pci-hole")
+BACKINGS = ("mmio", "filled", "memfd-alias", "allones", "pci-hole")
+HPAGE_SIZE = 2 << 20
+#: A VMM process's own mappings (code, libraries, heap, thread stacks) besides hole aliases:
+#: an estimate of a QEMU process's /proc/PID/maps line count, not a measurement. memfd-alias
+#: must fit its aliases in vm.max_map_count minus these.
+VMM_OTHER_VMAS = 256
 PIO_EXITS_PER_CONF1 = 2      # outl(0xCF8) + the 0xCFC access, each KVM_EXIT_IO
 
 
@@ -73,12 +83,14 @@ class Vmm:
     """
 
     def __init__(self, vm: VM, topology: Topology, backing: str = "allones", *,
-                 first_slot: int = 1, budget: int | None = None):
+                 first_slot: int = 1, budget: int | None = None, thp: bool = False):
         if backing not in BACKINGS:
             raise ValueError(f"unknown backing {backing!r}; one of {', '.join(BACKINGS)}")
         if backing in ("allones", "pci-hole") and vm.host.pci_hole != (backing == "pci-hole"):
             raise ValueError(f"backing {backing!r} needs a Host(bit2={backing.replace('-', '_')!r})")
-        self.vm, self.topology, self.backing = vm, topology, backing
+        if thp and backing != "filled":
+            raise ValueError("thp applies to the filled backing only")
+        self.vm, self.topology, self.backing, self.thp = vm, topology, backing, thp
         if not 0 <= first_slot < KVM_USER_MEM_SLOTS:
             raise ValueError(f"first_slot {first_slot} not in 0..{KVM_USER_MEM_SLOTS - 1}")
         limit = KVM_USER_MEM_SLOTS - first_slot      # slot ids must stay below the limit
@@ -93,18 +105,49 @@ class Vmm:
     def _install(self, first_slot: int) -> None:
         if self.backing == "mmio":
             return
+        self._alias_next = None
         try:
             for i, run in enumerate(self.layout.runs):
                 hva, flags = 0, KVM_MEM_ALLONES      # the same bit 2 as KVM_MEM_PCI_HOLE
-                if self.backing == "filled":
-                    hva = self.vm.host.mmap(run.size, fill=0xFF, prot=PROT_READ).hva
-                    self.mappings.append(hva)
-                    flags = KVM_MEM_READONLY
+                if self.backing in ("filled", "memfd-alias"):
+                    hva, flags = self._map_holes(run), KVM_MEM_READONLY
                 self.vm.set_user_memory_region(first_slot + i, flags, run.gpa, run.size, hva)
                 self.slots.append(first_slot + i)
         except BaseException:
             self.remove()
             raise
+
+    def _map_holes(self, run) -> int:
+        """The VMM memory behind one run of holes; its hva for userspace_addr."""
+        host = self.vm.host
+        if self.backing == "memfd-alias":
+            if self._alias_next is None:
+                self._alias_next = self._map_aliases()
+            hva, self._alias_next = self._alias_next, self._alias_next + run.size
+            return hva
+        if self.thp:
+            # Huge stage-2 leaves need hva == gpa modulo 2 MiB (kvm_mmu_max_mapping_level()):
+            # map 2 MiB more and start the slot at the matching offset, as QEMU aligns RAM.
+            mapping = host.mmap(run.size + HPAGE_SIZE, fill=0xFF, prot=PROT_READ, thp=True)
+            self.mappings.append(mapping.hva)
+            return mapping.hva + run.gpa % HPAGE_SIZE
+        else:
+            mapping = host.mmap(run.size, fill=0xFF, prot=PROT_READ)
+        self.mappings.append(mapping.hva)
+        return mapping.hva
+
+    def _map_aliases(self) -> int:
+        """One memfd page aliased once per hole page (one VMA each), in this VMM process;
+        runs take consecutive parts of it. NoMemory (ENOMEM) past vm.max_map_count."""
+        host, pages = self.vm.host, self.layout.hole_pages
+        if pages + VMM_OTHER_VMAS > DEFAULT_MAX_MAP_COUNT:
+            raise NoMemory(f"memfd-alias needs {pages} VMAs (one per hole page) besides the VMM's "
+                           f"~{VMM_OTHER_VMAS}: past vm.max_map_count ({DEFAULT_MAX_MAP_COUNT}); "
+                           "mmap fails with ENOMEM", "max_map_count")
+        # The limit is per process: other VMMs' aliases on this Host do not count.
+        mapping = host.mmap_alias(pages * PAGE_SIZE, max_map_count=host.nr_vmas + pages)
+        self.mappings.append(mapping.hva)
+        return mapping.hva
 
     def remove(self) -> None:
         """Delete this VMM's memslots and unmap its memory."""

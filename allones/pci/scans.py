@@ -46,13 +46,17 @@ def _reachable(cycles: ConfigCycles, topology: Topology):
     return [seg for seg in topology.segments if cycles.route(seg.segment, 0) is not None]
 
 
-def firmware(cycles: ConfigCycles, topology: Topology, rng):
+def firmware(cycles: ConfigCycles, topology: Topology, rng, passes: int = 1):
     """A simple enumerate-everything firmware walk (EDK2 PciBusDxe's PciPciDeviceInfoCollector
     shape): per bus, per device, function 0's vendor/device dword; if present, its header
     type, and functions 1-7 only if multifunction; bridges are followed depth first into the
-    bus number their secondary register holds."""
-    for segment, root in topology.root_buses():
-        yield from _firmware_bus(cycles, segment, root)
+    bus number their secondary register holds. OVMF walks the tree 6 times on q35 (the real
+    log in tests/data): `passes=6`."""
+    if passes < 1:
+        raise ValueError(f"passes {passes} must be at least 1")
+    for _ in range(passes):
+        for segment, root in topology.root_buses():
+            yield from _firmware_bus(cycles, segment, root)
 
 
 def _firmware_bus(cycles, segment, bus):
