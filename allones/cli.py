@@ -1,6 +1,7 @@
-"""The `allones` command: `demo` (one ECAM segment scanned under each backing), `topology
-show` (a topology as a tree, with its hole layout), `scan` (a guest scan on one VM) and
-`trace import` (a recorded trace, summarised and replayed)."""
+"""The `allones` command: `compare` (every strategy on a fleet: the headline table and plots),
+`demo` (one ECAM segment scanned under each backing), `topology show` (a topology as a tree,
+with its hole layout), `scan` (a guest scan on one VM) and `trace import` (a recorded trace,
+summarised and replayed)."""
 
 import argparse
 import sys
@@ -168,6 +169,70 @@ def trace_import(args, out) -> int:
     return 0
 
 
+def compare(args, out) -> int:
+    """`allones compare`: every strategy x the default scans on a fleet; table, CSV, JSON, plots."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .experiments import report
+    from .experiments.compare import DEFAULT_SCANS, compare as run_compare
+    from .experiments.costmodel import CostModel
+    from .experiments.strategies import STRATEGIES, get_strategy
+    costs = CostModel.from_toml(args.costs) if args.costs else CostModel.default()
+    strategies = [get_strategy(s).name for s in args.strategies.split(",")] if args.strategies else list(STRATEGIES)
+    console = Console(file=out)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"fleets of {args.vms} VMs", total=len(strategies) * len(DEFAULT_SCANS))
+        results = run_compare(strategies, DEFAULT_SCANS, args.vms, seed=args.seed, costs=costs,
+                              workers=args.workers, progress=lambda done, total: bar.update(task, completed=done))
+    rows = report.summary_rows(results)
+    report.print_tables(rows, costs.describe(), console)
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    report.write_csv(rows, outdir / "compare.csv")
+    report.write_vm_csv(results, outdir / "compare-vms.csv")
+    report.write_json(results, rows, dict(vms=args.vms, seed=args.seed, strategies=strategies,
+                                          scans=[s.label for s in DEFAULT_SCANS]), outdir / "compare.json")
+    written = [] if args.no_plots else report.plot_all(results, rows, outdir)
+    console.print(f"wrote {outdir}/compare.csv, compare-vms.csv, compare.json"
+                  + (f" and {len(written)} figures" if written else ""))
+    return 0
+
+
+def sweep(args, out) -> int:
+    """`allones sweep CONFIG.toml`: a grid of fleets from a TOML config (see
+    allones.experiments.sweep); resumes in --out, on a local pool or a Dask scheduler."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .experiments.sweep import expand, load_config, run_sweep
+    config = load_config(args.config)
+    cells = len(expand(config))
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("sweep cells", total=cells)
+        try:
+            result = run_sweep(config, args.out, scheduler=args.scheduler, workers=args.workers,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
+    shape = " x ".join(f"{n} {one if n == 1 else many}" for n, one, many in (
+        (len(config.strategies), "strategy", "strategies"), (len(config.scans), "scan", "scans"),
+        (len(config.vms), "fleet size", "fleet sizes"), (len(config.topologies), "topology mix", "topology mixes"),
+        (len(config.costs), "cost variant", "cost variants")))
+    print(f"sweep: {cells} cells ({shape}), seed {config.seed}", file=out)
+    print(f"  ran {len(result.ran)}, skipped {len(result.skipped)} (already done), "
+          f"failed {len(result.failed)} (the host refused the setup), crashed {len(result.crashed)}",
+          file=out)
+    for key, error in result.crashed.items():
+        print(f"  crashed {key}: {error} (not saved: run again to retry)", file=out)
+    print(f"  wrote {result.out}/: {', '.join(p.name for p in result.files)}", file=out)
+    return 1 if result.crashed else 0
+
+
 def main(argv=None) -> int:
     """Entry point of the `allones` command."""
     from .pci.linux import CPUS
@@ -175,6 +240,14 @@ def main(argv=None) -> int:
     from .pci.access import MECHANISMS
     parser = argparse.ArgumentParser(prog="allones", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compare", help="every strategy on a fleet of VMs: table, CSV, JSON, plots")
+    p.add_argument("--vms", type=int, default=64, help="VMs in each fleet (default 64)")
+    p.add_argument("--strategies", help="comma-separated strategy names (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the fleets' topology mix")
+    p.add_argument("--costs", metavar="TOML", help="override cost constants ([costs] table)")
+    p.add_argument("--out", default="allones-results", help="directory for CSV, JSON and plots")
+    p.add_argument("--workers", type=int, help="processes (default: the CPUs)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
     sub.add_parser("demo", help="translations, and one ECAM segment scanned under each backing")
     topo = sub.add_parser("topology", help="PCI topologies").add_subparsers(dest="action", required=True)
     _topology_args(topo.add_parser("show", help="print a topology as a tree, with its hole layout"))
@@ -200,9 +273,15 @@ def main(argv=None) -> int:
     _backing_args(p)
     p.add_argument("--part", default="all", choices=("all", "firmware", "kernel"))
     p.add_argument("--csv", help="also write its MMCONFIG accesses as op,offset,size,value")
+    p = sub.add_parser("sweep", help="a grid of fleets from a TOML config: tidy CSV, tables, figures")
+    p.add_argument("config", metavar="CONFIG.toml", help="the grid: a [sweep] table")
+    p.add_argument("--out", help="directory for the results (default: the config's out)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the cells on this dask.distributed scheduler (default: local processes)")
+    p.add_argument("--workers", type=int, help="local processes (default: the CPUs)")
     args = parser.parse_args(argv)
-    commands = {"demo": lambda a, o: demo(o), "topology": topology_show, "scan": scan,
-                "trace": trace_import}
+    commands = {"compare": compare, "demo": lambda a, o: demo(o), "topology": topology_show,
+                "scan": scan, "trace": trace_import, "sweep": sweep}
     try:
         return commands[args.command](args, sys.stdout)
     except (ValueError, OSError) as exc:

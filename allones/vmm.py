@@ -125,12 +125,14 @@ class Vmm:
                 self._alias_next = self._map_aliases()
             hva, self._alias_next = self._alias_next, self._alias_next + run.size
             return hva
-        if self.thp:
+        if self.thp and run.size >= HPAGE_SIZE:
             # Huge stage-2 leaves need hva == gpa modulo 2 MiB (kvm_mmu_max_mapping_level()):
-            # map 2 MiB more and start the slot at the matching offset, as QEMU aligns RAM.
-            mapping = host.mmap(run.size + HPAGE_SIZE, fill=0xFF, prot=PROT_READ, thp=True)
+            # start the slot at the matching offset of a 2 MiB-aligned mapping (the offset's
+            # pages are filled too: the model's fill touches every page it maps).
+            offset = run.gpa % HPAGE_SIZE
+            mapping = host.mmap(run.size + offset, fill=0xFF, prot=PROT_READ, thp=True)
             self.mappings.append(mapping.hva)
-            return mapping.hva + run.gpa % HPAGE_SIZE
+            return mapping.hva + offset
         else:
             mapping = host.mmap(run.size, fill=0xFF, prot=PROT_READ)
         self.mappings.append(mapping.hva)

@@ -1,0 +1,1 @@
+"""Experiments: strategies for backing holes, the cost model, fleets of VMs, reports, sweeps."""

@@ -1,0 +1,155 @@
+"""Fleets: N VMs on one Host, each with its own topology, each running a scan under one
+strategy; per-VM and host totals, and the modeled time from the cost model.
+
+Memory is the host's frames (really allocated in materialized mode, counted in accounting
+mode, which a fleet of filled VMs beyond `ram_budget` uses). Page-table memory is every VM's
+stage-2 pages plus the host's shared ones. filled-ksm reports the filled peak, the memory
+once ksmd has merged every identical page (one frame for all of them) and the time that
+takes at ksmd's default rate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..constants import PAGE_SIZE
+from ..pci.access import ScanResult
+from ..pci.builders import from_spec
+from ..pci.scans import plan_scan
+from ..pci.topology import Topology
+from .costmodel import CostModel
+from .strategies import Strategy, get_strategy
+
+#: "different VMs usually require different memory": the q35 default and root-port farms
+DEFAULT_MIX = ("q35", "farm:8:0.5", "farm:16:0.5", "farm:32:0.5")
+FARM_VARIANTS = 4             # seeds per farm size: which ports are empty differs
+RAM_BUDGET = 4 << 30          # filled fleets past this run in accounting mode
+
+
+def topology_mix(n: int, mix=DEFAULT_MIX, seed: int = 0) -> list[Topology]:
+    """n topologies drawn from `mix` (specs for builders.from_spec), seeded; farms get one of
+    FARM_VARIANTS seeds each. Equal specs give the same (cached) Topology object."""
+    rng = np.random.default_rng(seed)
+    cache, out = {}, []
+    for choice in rng.integers(0, len(mix), n).tolist():
+        spec = mix[choice]
+        if spec.startswith("farm:") and spec.count(":") == 2:
+            spec = f"{spec}:{int(rng.integers(FARM_VARIANTS))}"
+        if spec not in cache:
+            cache[spec] = from_spec(spec)
+        out.append(cache[spec])
+    return out
+
+
+_PLANS: dict = {}
+
+
+def cached_plan(topology: Topology, scan: str, mechanism: str, options: dict) -> ScanResult:
+    """plan_scan() once per (topology, scan, mechanism, options) in this process."""
+    key = (id(topology), scan, mechanism, tuple(sorted(options.items())))
+    if key not in _PLANS:
+        _PLANS[key] = (topology, plan_scan(topology, scan, mechanism, **options))
+    return _PLANS[key][1]
+
+
+@dataclass
+class FleetResult:
+    """One fleet's run: a row per VM, host totals, and memory as VMs were added."""
+
+    strategy: str
+    scan: str
+    mechanism: str
+    rows: list[dict]
+    host: dict
+    memory_curve: list[int] = field(default_factory=list)   # host data bytes after VM k
+    table_curve: list[int] = field(default_factory=list)    # page-table bytes after VM k
+    costs: dict = field(default_factory=dict)
+    error: str | None = None      # the host refused the setup (the fleet did not run)
+
+
+def scan_events(stats: dict, pio_exits: int) -> tuple[dict, dict]:
+    """(ECAM events, port I/O events) for the cost model, from VM.run's counters."""
+    exits = stats.get("exits_mmio", 0) + stats.get("exits_emulated", 0)
+    ecam = dict(userspace_exits=stats.get("exits_mmio", 0), kernel_exits=stats.get("exits_emulated", 0),
+                ept_faults=stats.get("faults", 0) - exits, prefaulted=stats.get("prefaulted", 0),
+                tlb_hits=stats.get("tlb_hits", 0))
+    return ecam, dict(userspace_exits=pio_exits)
+
+
+def run_fleet(strategy: str | Strategy, scan: str, mechanism: str = "linux-x86-default",
+              n_vms: int = 64, mix=DEFAULT_MIX, seed: int = 0, costs: CostModel | None = None,
+              materialize: bool | None = None, ram_budget: int = RAM_BUDGET,
+              progress=None, options: dict | None = None) -> FleetResult:
+    """Run `n_vms` VMs on one Host under `strategy`, each scanning its own topology.
+
+    materialize: None decides by `ram_budget` (filled fleets that would not fit are counted,
+    not allocated). progress: called with no arguments after each VM. options: the scan's.
+    """
+    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    if n_vms < 1:
+        raise ValueError(f"n_vms {n_vms} must be at least 1")
+    costs = costs or CostModel.default()
+    topologies = topology_mix(n_vms, mix, seed)
+    if materialize is None:
+        worst = max(t.segment(0).size for t in topologies) if strategy.fills else 0
+        materialize = worst * n_vms <= ram_budget
+    host = strategy.make_host(materialize=materialize)
+    rows, curve, tables, vms, vm_tables = [], [], [], [], 0
+    for index, topology in enumerate(topologies):
+        plan = cached_plan(topology, scan, mechanism, options or {})
+        rows.append(_run_vm(strategy, host, topology, plan, index, costs, vms))
+        curve.append(host.nr_frames * PAGE_SIZE)
+        vm_tables += rows[-1]["table_bytes"]
+        tables.append(vm_tables + host.shared_pt_pages * PAGE_SIZE)
+        if progress is not None:
+            progress()
+    return FleetResult(strategy.name, scan, mechanism, rows,
+                       _host_totals(strategy, host, vms, rows, costs, materialize), curve,
+                       tables, costs.as_dict())
+
+
+def _run_vm(strategy, host, topology, plan, index, costs, vms) -> dict:
+    start = time.perf_counter()
+    frames = host.nr_frames
+    vm = strategy.make_vm(host)
+    vmm = strategy.install(vm, topology)
+    vms.append(vm)
+    setup_seconds = time.perf_counter() - start
+    run = vmm.replay(plan)
+    ecam, pio = scan_events(run.stats, run.pio_exits)
+    filled = (host.nr_frames - frames) if strategy.fills else 0
+    setup = dict(pages_filled=filled, memslot_updates=len(vmm.slots))
+    row = dict(strategy=strategy.name, scan=plan.name, mechanism=plan.mechanism, vm=index,
+               topology=topology.name,
+               memslots=len(vmm.slots), hole_pages=vmm.layout.hole_pages,
+               data_bytes=(host.nr_frames - frames) * PAGE_SIZE,
+               table_bytes=sum(vm.table_pages()) * PAGE_SIZE, **run.accesses,
+               faults=ecam["ept_faults"], prefaulted=ecam["prefaulted"], tlb_hits=ecam["tlb_hits"],
+               mmio_exits=ecam["userspace_exits"], mmio_exits_present=run.mmio_emulated,
+               kernel_exits=ecam["kernel_exits"], pio_exits=run.pio_exits,
+               mapped_2m=run.stats.get("mapped_2m", 0),
+               modeled_ecam_ns=costs.modeled_ns(ecam), modeled_pio_ns=costs.modeled_ns(pio),
+               modeled_setup_ns=costs.modeled_ns(setup), pages_filled=filled,
+               setup_seconds=setup_seconds, wall_seconds=time.perf_counter() - start,
+               hole_mismatches=run.hole_mismatches)
+    row["modeled_scan_ns"] = row["modeled_ecam_ns"] + row["modeled_pio_ns"]
+    return row
+
+
+def _host_totals(strategy, host, vms, rows, costs, materialize) -> dict:
+    data = host.nr_frames * PAGE_SIZE
+    tables = (sum(sum(vm.table_pages()) for vm in vms) + host.shared_pt_pages) * PAGE_SIZE
+    totals = dict(strategy=strategy.name, vms=len(vms), materialized=materialize, data_bytes=data,
+                  table_bytes=tables, memslots=sum(r["memslots"] for r in rows))
+    for key in ("faults", "prefaulted", "mmio_exits", "kernel_exits", "pio_exits", "tlb_hits",
+                "modeled_scan_ns", "modeled_ecam_ns", "modeled_pio_ns", "modeled_setup_ns",
+                "setup_seconds", "wall_seconds", "pages_filled", "hole_mismatches"):
+        totals[key] = sum(r[key] for r in rows)
+    totals["fill_seconds"] = host.fill_seconds
+    filled = totals["pages_filled"]
+    totals["data_bytes_merged"] = data - max(filled - 1, 0) * PAGE_SIZE if strategy.ksm else data
+    totals["ksm_merge_seconds"] = costs.ksm_merge_seconds(filled) if strategy.ksm else 0.0
+    return totals
