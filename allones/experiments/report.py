@@ -47,12 +47,12 @@ def _count(n: float) -> str:
 def _reason(error: str) -> str:
     """A failure, short: what the real setup would return."""
     if "max_map_count" in error:
-        return "fails: mmap ENOMEM (vm.max_map_count)"
-    return "fails: " + error.split(":")[0][:40]
+        return "ENOMEM: max_map_count"
+    return "fails: " + error.split(":")[0][:30]
 
 
-TABLE_COLUMNS = ("strategy", "host data", "page tables", "faults", "prefaulted", "exits to user",
-                 "in KVM", "port I/O exits", "ECAM ms", "port I/O ms", "setup ms")
+TABLE_COLUMNS = ("strategy", "host data", "tables", "faults", "prefault", "exit user",
+                 "exit KVM", "exit PIO", "ECAM ms", "PIO ms", "setup ms")
 
 
 def print_tables(rows, costs_text: str, console=None) -> None:
@@ -62,12 +62,13 @@ def print_tables(rows, costs_text: str, console=None) -> None:
     from rich.table import Table
     console = console or Console()
     if not console.is_terminal:
-        console.width = max(console.width, 140)
+        console.width = max(console.width, 160)
     for label in dict.fromkeys(r["scan"] for r in rows):
         group = [r for r in rows if r["scan"] == label]
         vms = next((r["vms"] for r in group if not r["error"]), 0)
         table = Table(title=f"{label}, {vms} VMs: host memory; per-VM events and modeled time",
-                      title_justify="left")
+                      title_justify="left", caption="exits: to userspace (ECAM), inside KVM, port "
+                      "I/O (conf1, two per access); ms: modeled per VM", caption_justify="left")
         for col in TABLE_COLUMNS:
             table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
         for r in group:
@@ -76,7 +77,7 @@ def print_tables(rows, costs_text: str, console=None) -> None:
                 continue
             data = _size(r["data_bytes"])
             if r["data_bytes_merged"] != r["data_bytes"]:
-                data += f" → {_size(r['data_bytes_merged'])} ({r['ksm_merge_seconds']:.0f} s)"
+                data += f" → {_size(r['data_bytes_merged'])} in {r['ksm_merge_seconds'] / 60:.0f} min"
             table.add_row(r["strategy"], data, _size(r["table_bytes"]), _count(r["faults_per_vm"]),
                           _count(r["prefaulted_per_vm"]), _count(r["mmio_exits_per_vm"]),
                           _count(r["kernel_exits_per_vm"]), _count(r["pio_exits_per_vm"]),
