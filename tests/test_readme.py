@@ -20,3 +20,18 @@ def test_readme_scan_example_prints_what_it_says():
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {})
     assert out.getvalue().splitlines() == expected
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_readme_plugin_example_runs_as_a_users_benchmark(pytester, monkeypatch):
+    """The pytest-plugin example is a working user test (plugin loaded explicitly, as an
+    installed package loads it through its entry point)."""
+    monkeypatch.setenv("PYTHONPATH", str(README.parent))
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    block = next(b for b in python_blocks() if "allones_vm_factory" in b)
+    pytester.makepyfile(test_user=block)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "allones.pytest_plugin",
+                                           "-p", "pytest_benchmark.plugin", "--benchmark-disable")
+    result.assert_outcomes(passed=1)
