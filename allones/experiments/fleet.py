@@ -29,18 +29,22 @@ FARM_VARIANTS = 4             # seeds per farm size: which ports are empty diffe
 RAM_BUDGET = 4 << 30          # filled fleets past this run in accounting mode
 
 
+_TOPOLOGIES: dict[str, Topology] = {}
+
+
 def topology_mix(n: int, mix=DEFAULT_MIX, seed: int = 0) -> list[Topology]:
     """n topologies drawn from `mix` (specs for builders.from_spec), seeded; farms get one of
-    FARM_VARIANTS seeds each. Equal specs give the same (cached) Topology object."""
+    FARM_VARIANTS seeds each. Equal specs give the same Topology object, in this process,
+    so their scan plans are made once (cached_plan)."""
     rng = np.random.default_rng(seed)
-    cache, out = {}, []
+    out = []
     for choice in rng.integers(0, len(mix), n).tolist():
         spec = mix[choice]
         if spec.startswith("farm:") and spec.count(":") == 2:
             spec = f"{spec}:{int(rng.integers(FARM_VARIANTS))}"
-        if spec not in cache:
-            cache[spec] = from_spec(spec)
-        out.append(cache[spec])
+        if spec not in _TOPOLOGIES:
+            _TOPOLOGIES[spec] = from_spec(spec)
+        out.append(_TOPOLOGIES[spec])
     return out
 
 
