@@ -134,20 +134,17 @@ def topology_show(args, out) -> int:
 
 def scan(args, out) -> int:
     """`allones scan NAME`: one scan on one VM whose holes are backed as asked."""
+    from .pci.scans import default_mechanism
     options = {k: v for k, v in (("cpu", args.cpu), ("last_bus", args.last_bus),
                                  ("pcie_scan_all", args.pcie_scan_all or None),
                                  ("max_buses", args.max_buses), ("count", args.count)) if v is not None}
     vmm = _vmm(args, _topology(args))
-    run = vmm.run_scan(args.name, args.mechanism or _default_mechanism(args.name), args.seed,
+    run = vmm.run_scan(args.name, args.mechanism or default_mechanism(args.name), args.seed,
                        reactive=args.reactive, **options)
     print(f"topology {vmm.topology.name}: {len(vmm.topology)} functions, {len(vmm.slots)} hole memslots",
           file=out)
     _print_run(run, out)
     return 0
-
-
-def _default_mechanism(name: str) -> str:
-    return "linux-x86-default" if name.startswith("linux-") else "mmconfig"
 
 
 def trace_import(args, out) -> int:
@@ -182,6 +179,10 @@ def compare(args, out) -> int:
     from .experiments.strategies import STRATEGIES, get_strategy
     costs = CostModel.from_toml(args.costs) if args.costs else CostModel.default()
     strategies = [get_strategy(s).name for s in args.strategies.split(",")] if args.strategies else list(STRATEGIES)
+    if len(set(strategies)) != len(strategies) or args.vms < 1 or (args.workers is not None and args.workers < 1):
+        raise ValueError("--strategies must not repeat; --vms and --workers must be at least 1")
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)      # before the work: a bad --out fails at once
     console = Console(file=out)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
@@ -190,8 +191,6 @@ def compare(args, out) -> int:
                               workers=args.workers, progress=lambda done, total: bar.update(task, completed=done))
     rows = report.summary_rows(results)
     report.print_tables(rows, costs.describe(), console)
-    outdir = Path(args.out)
-    outdir.mkdir(parents=True, exist_ok=True)
     report.write_csv(rows, outdir / "compare.csv")
     report.write_vm_csv(results, outdir / "compare-vms.csv")
     report.write_json(results, rows, dict(vms=args.vms, seed=args.seed, strategies=strategies,

@@ -6,7 +6,7 @@ Linux x86 boot under the x86 default mechanism and with MMCONFIG preferred, a br
 scan and OVMF's six firmware passes. Each benchmark group is one topology and one scan, its
 rows the strategies, so
 
-    python -m pytest benchmarks/test_strategies.py --benchmark-only --benchmark-group-by=group
+    python -m pytest benchmarks/test_strategy_comparison.py --benchmark-only --benchmark-group-by=group
 
 reads as the comparison. The plan (which accesses, in order) is made once (fleet.cached_plan);
 each round makes a new Host and VM and installs the strategy (untimed), then times

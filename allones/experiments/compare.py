@@ -12,11 +12,11 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from ..errors import KvmError
+from ..errors import NoMemory
 from ..pci.holes import MemslotBudgetError
 from .costmodel import CostModel
-from .fleet import DEFAULT_MIX, FleetResult, run_fleet
-from .strategies import STRATEGIES
+from .fleet import DEFAULT_MIX, RAM_BUDGET, FleetResult, run_fleet
+from .strategies import STRATEGIES, get_strategy
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,14 @@ DEFAULT_SCANS = (
 )
 
 
-def _one(strategy, spec, n_vms, mix, seed, costs) -> tuple[ScanSpec, FleetResult]:
-    """One fleet; a strategy the host refuses (memfd-alias past vm.max_map_count, too many
-    memslots) is a result with its error, as the real setup would fail."""
+def run_one(strategy, spec, n_vms, mix, seed, costs, ram_budget=RAM_BUDGET) -> tuple[ScanSpec, FleetResult]:
+    """One fleet; a strategy the host refuses (memfd-alias past vm.max_map_count: ENOMEM,
+    too many memslots) is a result with its error, as the real setup would fail. Any other
+    error is a bug and propagates."""
     try:
         return spec, run_fleet(strategy, spec.scan, spec.mechanism, n_vms, mix, seed, costs,
-                               options=spec.options)
-    except (KvmError, MemslotBudgetError) as exc:
+                               options=spec.options, ram_budget=ram_budget)
+    except (NoMemory, MemslotBudgetError) as exc:
         return spec, FleetResult(strategy, spec.scan, spec.mechanism, [], {}, error=str(exc),
                                  costs=costs.as_dict())
 
@@ -53,18 +54,28 @@ def compare(strategies=tuple(STRATEGIES), scans=DEFAULT_SCANS, n_vms: int = 64, 
             progress=None) -> list[tuple[ScanSpec, FleetResult]]:
     """Run every (strategy, scan) fleet; results in grid order. `progress(done, total)` is
     called as fleets finish. workers: processes (default: the CPUs; 1 runs in this process)."""
+    if isinstance(strategies, str) or not strategies:
+        raise ValueError("strategies: a non-empty list of names")
+    strategies = [get_strategy(s).name for s in strategies]
+    if len(set(strategies)) != len(strategies):
+        raise ValueError(f"strategies repeat: {strategies}")
+    if n_vms < 1:
+        raise ValueError(f"n_vms {n_vms} must be at least 1")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers {workers} must be at least 1")
     costs = costs or CostModel.default()
     jobs = [(s, spec) for spec in scans for s in strategies]
     workers = workers or os.cpu_count() or 1
+    budget = RAM_BUDGET // min(workers, len(jobs))     # fleets at once share the RAM
     results = {}
     if workers == 1:
         for i, (s, spec) in enumerate(jobs):
-            results[i] = _one(s, spec, n_vms, mix, seed, costs)
+            results[i] = run_one(s, spec, n_vms, mix, seed, costs, budget)
             if progress:
                 progress(len(results), len(jobs))
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futures = {pool.submit(_one, s, spec, n_vms, mix, seed, costs): i for i, (s, spec) in enumerate(jobs)}
+            futures = {pool.submit(run_one, s, spec, n_vms, mix, seed, costs, budget): i for i, (s, spec) in enumerate(jobs)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 if progress:

@@ -93,13 +93,19 @@ def run_fleet(strategy: str | Strategy, scan: str, mechanism: str = "linux-x86-d
     not allocated). progress: called with no arguments after each VM. options: the scan's.
     """
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy: a name or a Strategy, not {type(strategy).__name__}")
     if n_vms < 1:
         raise ValueError(f"n_vms {n_vms} must be at least 1")
+    if isinstance(mix, str) or not mix:
+        raise ValueError(f"mix: a non-empty list of topology specs, not {mix!r}")
     costs = costs or CostModel.default()
+    if not isinstance(costs, CostModel):
+        raise TypeError(f"costs: a CostModel, not {type(costs).__name__}")
     topologies = topology_mix(n_vms, mix, seed)
-    if materialize is None:
-        worst = max(t.segment(0).size for t in topologies) if strategy.fills else 0
-        materialize = worst * n_vms <= ram_budget
+    if materialize is None:      # what the fills would allocate: every segment's holes
+        need = sum(sum(s.size for s in t.segments) for t in topologies) if strategy.fills else 0
+        materialize = need <= ram_budget
     host = strategy.make_host(materialize=materialize)
     rows, curve, tables, vms, vm_tables = [], [], [], [], 0
     for index, topology in enumerate(topologies):

@@ -33,7 +33,8 @@ def summary_rows(results) -> list[dict]:
     return rows
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
+    """Bytes for people: B, KiB, MiB, GiB."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1024)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -75,10 +76,10 @@ def print_tables(rows, costs_text: str, console=None) -> None:
             if r["error"]:
                 table.add_row(r["strategy"], f"[red]{_reason(r['error'])}[/red]", *[""] * 9)
                 continue
-            data = _size(r["data_bytes"])
+            data = format_size(r["data_bytes"])
             if r["data_bytes_merged"] != r["data_bytes"]:
-                data += f" → {_size(r['data_bytes_merged'])} in {r['ksm_merge_seconds'] / 60:.0f} min"
-            table.add_row(r["strategy"], data, _size(r["table_bytes"]), _count(r["faults_per_vm"]),
+                data += f" → {format_size(r['data_bytes_merged'])} in {r['ksm_merge_seconds'] / 60:.0f} min"
+            table.add_row(r["strategy"], data, format_size(r["table_bytes"]), _count(r["faults_per_vm"]),
                           _count(r["prefaulted_per_vm"]), _count(r["mmio_exits_per_vm"]),
                           _count(r["kernel_exits_per_vm"]), _count(r["pio_exits_per_vm"]),
                           f"{r['modeled_ecam_ms_per_vm']:.2f}", f"{r['modeled_pio_ms_per_vm']:.2f}",

@@ -75,7 +75,8 @@ from . import compare as _compare
 from .compare import DEFAULT_SCANS, ScanSpec
 from .costmodel import CostModel
 from .fleet import DEFAULT_MIX
-from .report import MIB, _size, summary_rows
+from ..pci.scans import default_mechanism
+from .report import MIB, format_size, summary_rows
 from .strategies import STRATEGIES
 
 #: the columns that are measured (wall time), not computed from the config and seed
@@ -256,9 +257,6 @@ def _strategies(value) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _default_mechanism(scan: str) -> str:
-    return "linux-x86-default" if scan.startswith("linux-") else "mmconfig"
-
 
 def _scans(value) -> tuple[ScanSpec, ...]:
     specs = []
@@ -269,7 +267,7 @@ def _scans(value) -> tuple[ScanSpec, ...]:
         name = table["scan"]
         if name not in SCANS:
             raise ValueError(f"{where}.scan: unknown scan {name!r}; one of {', '.join(SCANS)}")
-        mechanism = table.get("mechanism", _default_mechanism(name))
+        mechanism = table.get("mechanism", default_mechanism(name))
         if mechanism not in MECHANISMS:
             raise ValueError(f"{where}.mechanism: unknown mechanism {mechanism!r}; one of "
                              f"{', '.join(MECHANISMS)}")
@@ -370,7 +368,8 @@ def expand(config) -> list[Cell]:
                         params = dict(strategy=strategy, label=spec.label, scan=spec.scan,
                                       mechanism=spec.mechanism, options=spec.options, vms=n,
                                       topology=topology, mix=list(mix), cost=cost,
-                                      overrides=dict(overrides), costs=resolved[cost], seed=config.seed)
+                                      overrides=dict(overrides), costs=resolved[cost], seed=config.seed,
+                                      allones=__version__)   # another model: other cells
                         text = json.dumps(params, sort_keys=True, default=str)
                         key = hashlib.sha256(text.encode()).hexdigest()[:12]
                         cells.append(Cell(len(cells), strategy, spec, n, topology, mix, cost,
@@ -382,8 +381,8 @@ def run_cell(cell: Cell) -> list[dict]:
     """Run one cell's fleet: its summary row (parameters first, then report.summary_rows'
     host totals and per-VM means). A setup the host refuses is a row with its error."""
     start = time.perf_counter()
-    # compare._one: the errors a real setup would fail with become the fleet's error
-    result = _compare._one(cell.strategy, cell.scan, cell.vms, cell.mix, cell.seed, cell.cost_model())
+    # compare.run_one: the errors a real setup would fail with become the fleet's error
+    result = _compare.run_one(cell.strategy, cell.scan, cell.vms, cell.mix, cell.seed, cell.cost_model())
     params = cell.params()
     row = dict(params)
     row.update((k, v) for k, v in summary_rows([result])[0].items() if k not in params)
@@ -587,7 +586,7 @@ def _table_rows(rows):
         if r.get("error"):
             line += [f"fails: {r['error']}"] + [""] * 6
         else:
-            line += [_size(r["data_bytes"]), _size(r["table_bytes"]), f"{r['memslots_per_vm']:.1f}",
+            line += [format_size(r["data_bytes"]), format_size(r["table_bytes"]), f"{r['memslots_per_vm']:.1f}",
                      f"{r['faults_per_vm']:,.0f}", f"{r['mmio_exits_per_vm'] + r['kernel_exits_per_vm']:,.0f}",
                      f"{r['modeled_scan_ms_per_vm']:.3f}", f"{r['modeled_setup_ms_per_vm']:.3f}"]
         body.append(line + [r["key"]])

@@ -108,6 +108,12 @@ SCANS = {
 }
 
 
+def default_mechanism(name: str) -> str:
+    """How a scan reaches config space unless told: Linux scans as x86 Linux does
+    (linux-x86-default), the others (firmware, tools) through MMCONFIG."""
+    return "linux-x86-default" if name.startswith("linux-") else "mmconfig"
+
+
 def scan_program(topology: Topology, name: str, mechanism: str = "linux-x86-default",
                  seed: int = 0, **options):
     """(ConfigCycles, generator) of the named scan; ValueError for unknown names or options."""

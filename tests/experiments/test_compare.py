@@ -51,3 +51,24 @@ def test_the_cli_writes_table_csv_json_and_figures(tmp_path, capsys):
 def test_the_cli_refuses_unknown_strategies(tmp_path, capsys):
     assert main(["compare", "--strategies", "nope", "--out", str(tmp_path)]) == 1
     assert "unknown strategy" in capsys.readouterr().err
+
+
+def test_bad_grids_are_refused_before_any_work():
+    import pytest
+    for kwargs in (dict(strategies="allones"), dict(strategies=[]), dict(strategies=["allones", "allones"]),
+                   dict(strategies=["nope"]), dict(n_vms=0), dict(workers=0)):
+        with pytest.raises(ValueError):
+            compare(**{"strategies": ["allones"], **kwargs})
+
+
+def test_only_a_real_refusal_is_a_result(monkeypatch):
+    """ENOMEM (max_map_count) and the memslot budget are results; any other error is a bug."""
+    import pytest
+    from allones.errors import BadAddress
+    from allones.experiments import compare as module
+
+    def broken(*args, **kwargs):
+        raise BadAddress("a bug", "test")
+    monkeypatch.setattr(module, "run_fleet", broken)
+    with pytest.raises(BadAddress):
+        compare(["allones"], DEFAULT_SCANS[:1], n_vms=1, workers=1)

@@ -61,3 +61,17 @@ def test_port_io_is_costed_separately_and_strategies_do_not_change_it():
 def test_bad_fleet_size_is_refused():
     with pytest.raises(ValueError):
         fleet("allones", 0)
+
+
+@pytest.mark.parametrize("kwargs, error", [(dict(mix="q35"), ValueError), (dict(mix=()), ValueError),
+                                           (dict(costs={"x": 1}), TypeError)])
+def test_bad_fleet_arguments_are_refused(kwargs, error):
+    with pytest.raises(error):
+        run_fleet("allones", "brute-force", "mmconfig", n_vms=1, **kwargs)
+    with pytest.raises(TypeError):
+        run_fleet(3, "brute-force", "mmconfig", n_vms=1)
+
+
+def test_filled_fleets_past_the_ram_budget_are_counted_not_allocated():
+    result = run_fleet("filled", "firmware", "mmconfig", n_vms=2, mix=("multi:2",), ram_budget=256 << 20)
+    assert not result.host["materialized"]

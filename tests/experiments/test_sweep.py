@@ -7,7 +7,7 @@ import json
 import pytest
 
 from allones import cli
-from allones.errors import InvalidArgument
+from allones.errors import NoMemory
 from allones.experiments import compare, sweep
 from allones.experiments.sweep import TIMING_COLUMNS, expand, load_config, run_sweep
 
@@ -220,13 +220,13 @@ def test_dask_local_cluster_gives_the_same_results(pool_run, tmp_path):
 def test_a_refused_setup_is_a_row_with_its_error(tmp_path, monkeypatch):
     """As in compare: the errors a real host would refuse the setup with (in this process)."""
     def refuse(*args, **kwargs):
-        raise InvalidArgument("memslots: too many")
+        raise NoMemory("mmap: past vm.max_map_count")
     monkeypatch.setattr(compare, "run_fleet", refuse)
     config = with_sweep(strategies=["allones"], vms=[1], costs=[{"name": "default"}])
     result = run_sweep(config, tmp_path, workers=1)
     assert len(result.failed) == 2 and len(result.ran) == 2
     rows = read_csv(tmp_path / "results.csv")
-    error = str(InvalidArgument("memslots: too many"))
+    error = str(NoMemory("mmap: past vm.max_map_count"))
     assert [r["error"] for r in rows] == [error] * 2
     assert rows[0]["strategy"] == "allones" and rows[0]["vms"] == "1"
     assert f"fails: {error}" in (tmp_path / "results.md").read_text()
