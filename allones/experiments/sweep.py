@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -75,7 +74,9 @@ from . import compare as _compare
 from .compare import DEFAULT_SCANS, ScanSpec
 from .costmodel import CostModel
 from .fleet import DEFAULT_MIX
-from ..pci.scans import default_mechanism
+from ..pci.builders import q35_chipset
+from ..pci.topology import Topology
+from ..pci.scans import default_mechanism, scan_program
 from .report import MIB, format_size, summary_rows
 from .strategies import STRATEGIES
 
@@ -272,19 +273,26 @@ def _scans(value) -> tuple[ScanSpec, ...]:
             raise ValueError(f"{where}.mechanism: unknown mechanism {mechanism!r}; one of "
                              f"{', '.join(MECHANISMS)}")
         options = dict(_table(table.get("options", {}), f"{where}.options"))
-        allowed = set(inspect.signature(SCANS[name]).parameters) - {"cycles", "topology", "rng"}
         for key, v in options.items():
-            if key not in allowed:
-                raise ValueError(f"{where}.options: scan {name!r} takes no option {key!r} "
-                                 f"(it takes: {', '.join(sorted(allowed)) or 'none'})")
             if not isinstance(v, (bool, int, float, str)):
                 raise ValueError(f"{where}.options.{key}: {v!r} is not a number, string or boolean")
+        _try_scan(name, mechanism, options, f"{where}.options")
         label = table.get("label", name)
         if not isinstance(label, str) or not label:
             raise ValueError(f"{where}.label: {label!r} is not a name")
         specs.append(ScanSpec(label, name, mechanism, options))
     _unique([s.label for s in specs], "sweep.scans (label)")
     return tuple(specs)
+
+
+def _try_scan(name: str, mechanism: str, options: dict, where: str) -> None:
+    """Start the scan on a one-bus q35 chipset so bad option names or values fail now,
+    naming the key, not in every cell later."""
+    try:
+        _, program = scan_program(Topology(q35_chipset()).with_window(0, 1), name, mechanism, 0, **options)
+        next(program, None)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _vms(value) -> tuple[int, ...]:

@@ -277,3 +277,13 @@ def test_cli_sweep_errors(tmp_path, capsys):
     config.write_text("[sweep\n")
     assert cli.main(["sweep", str(config)]) == 1
     assert "allones: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options", [{"passes": "six"}, {"passes": 0}])
+def test_bad_scan_option_values_fail_when_the_config_loads(options):
+    """A value the scan cannot take fails at load, naming the key, not in every cell."""
+    config = {"sweep": {"seed": 0, "strategies": ["allones"], "vms": [1],
+                        "scans": [{"scan": "firmware", "options": options}],
+                        "topologies": [{"name": "q", "mix": ["q35"]}], "costs": [{"name": "default"}]}}
+    with pytest.raises(ValueError, match=r"sweep\.scans\[0\]\.options"):
+        load_config(config)
