@@ -114,9 +114,10 @@ def _print_run(run, out) -> None:
     print(f"  port I/O exits     {run.pio_exits:>9}   (conf1: 0xCF8 + 0xCFC, whatever backs the window)",
           file=out)
     if k:
-        print(f"  MMCONFIG: EPT faults {k['faults']}, prefaulted {k['prefaulted']}, MMIO exits "
-              f"{k['exits_mmio']} ({run.mmio_emulated} to present functions), in-kernel exits "
-              f"{k['exits_emulated']}, TLB hits {k['tlb_hits']}", file=out)
+        mapped = k['faults'] - k['exits_mmio'] - k['exits_emulated']   # the others became exits
+        print(f"  MMCONFIG: EPT faults that mapped a page {mapped}, prefaulted {k['prefaulted']}, "
+              f"MMIO exits {k['exits_mmio']} ({run.mmio_emulated} to present functions), in-kernel "
+              f"exits {k['exits_emulated']}, TLB hits {k['tlb_hits']}", file=out)
     print(f"  reads answered differently from expected: holes {run.hole_mismatches}, present "
           f"{run.present_mismatches}", file=out)
 
