@@ -10,6 +10,7 @@ from allones import cli
 from allones.errors import NoMemory
 from allones.experiments import compare, sweep
 from allones.experiments.sweep import TIMING_COLUMNS, expand, load_config, run_sweep
+from allones.experiments.strategies import STRATEGIES as ALL_STRATEGIES
 
 STRATEGIES = ["mmio", "pci-hole", "allones"]
 CONFIG = {"sweep": {
@@ -93,9 +94,9 @@ def test_expand_gives_the_grid_in_order():
 
 def test_defaults_and_all_strategies():
     config = load_config({"sweep": {"strategies": "all", "vms": 2}})
-    assert config.strategies == tuple(sweep.STRATEGIES) and config.vms == (2,)
+    assert config.strategies == tuple(ALL_STRATEGIES) and config.vms == (2,)
     assert config.scans == compare.DEFAULT_SCANS and config.seed == 0
-    assert len(expand(config)) == len(sweep.STRATEGIES) * len(compare.DEFAULT_SCANS)
+    assert len(expand(config)) == len(ALL_STRATEGIES) * len(compare.DEFAULT_SCANS)
 
 
 def test_to_toml_round_trips(tmp_path):
