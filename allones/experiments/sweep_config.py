@@ -192,6 +192,13 @@ def _fields(table, where: str, allowed: set, required: set) -> None:
         raise ValueError(f"{where}: missing key {_names(missing)}")
 
 
+def _name(value, where: str) -> str:
+    """A non-empty string, or ValueError naming the key."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}: {value!r} is not a name")
+    return value
+
+
 def _strategies(value) -> tuple[str, ...]:
     if value == "all":
         return tuple(STRATEGIES)
@@ -223,9 +230,7 @@ def _scans(value) -> tuple[ScanSpec, ...]:
             if not isinstance(v, (bool, int, float, str)):
                 raise ValueError(f"{where}.options.{key}: {v!r} is not a number, string or boolean")
         _try_scan(name, mechanism, options, f"{where}.options")
-        label = table.get("label", name)
-        if not isinstance(label, str) or not label:
-            raise ValueError(f"{where}.label: {label!r} is not a name")
+        label = _name(table.get("label", name), f"{where}.label")
         specs.append(ScanSpec(label, name, mechanism, options))
     _unique([s.label for s in specs], "sweep.scans (label)")
     return tuple(specs)
@@ -256,8 +261,7 @@ def _topologies(value) -> tuple:
         where = f"sweep.topologies[{i}]"
         table = _table(table, where)
         _fields(table, where, {"name", "mix"}, {"name", "mix"})
-        if not isinstance(table["name"], str) or not table["name"]:
-            raise ValueError(f"{where}.name: {table['name']!r} is not a name")
+        _name(table["name"], f"{where}.name")
         mix = [table["mix"]] if isinstance(table["mix"], str) else _list(table["mix"], f"{where}.mix", str)
         for j, spec in enumerate(mix):
             try:
@@ -275,8 +279,7 @@ def _costs(value) -> tuple:
         where = f"sweep.costs[{i}]"
         table = _table(table, where)
         _fields(table, where, {"name", "set"}, {"name"})
-        if not isinstance(table["name"], str) or not table["name"]:
-            raise ValueError(f"{where}.name: {table['name']!r} is not a name")
+        _name(table["name"], f"{where}.name")
         overrides = dict(_table(table.get("set", {}), f"{where}.set"))
         try:
             CostModel.default().with_overrides(**overrides)
