@@ -193,7 +193,7 @@ cdef class HostMM:
 cdef class VMCore:
     cdef kvm_config cfg           # the kernel build the VM runs on
     cdef list _memslots           # [Memslots] per as_id: the current generations
-    cdef Memslots _current(self, int as_id)
+    cdef Memslots _current(self, as_id)
 
 
 # --- memslot table (search_memslots and friends) ---

@@ -10,6 +10,7 @@ Left out here: the stage-2 table and the access engine (they build on this modul
 and all policy (what raises which exception: allones.vm does that).
 """
 
+import operator
 from collections import namedtuple
 
 from cpython.buffer cimport PyBUF_WRITABLE
@@ -25,6 +26,30 @@ import numpy as np
 
 Memslot = namedtuple("Memslot", "id base_gfn npages userspace_addr flags")
 Memslot.__doc__ = """One memslot: [base_gfn, base_gfn + npages) at userspace_addr, with flags."""
+
+
+cdef uint64_t u64_arg(object value, str name) except? 0xFFFFFFFFFFFFFFFF:
+    """An integer argument that must fit a __u64. Cython's own conversion would truncate a
+    float silently and raise OverflowError; this gives TypeError for anything that is not
+    an integer and ValueError, naming the argument, for one out of range."""
+    value = int_arg(value, name)
+    if not 0 <= value <= 0xFFFFFFFFFFFFFFFF:
+        raise ValueError(f"{name}={value:#x} does not fit a __u64")
+    return value
+
+
+cdef object int_arg(object value, str name):
+    """value as a Python int (operator.index: ints, numpy ints and bools, not floats)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+
+
+cdef int32_t slot_id_arg(object id) except? -2:
+    """A memslot id to look up: any integer; -1 for one no memslot can have."""
+    id = int_arg(id, "id")
+    return id if 0 <= id <= 0xFFFF else -1
 
 
 def c_constants():
@@ -535,32 +560,32 @@ cdef class Memslots:
         cdef kvm_memory_slot *s = &self.c.memslots[i]
         return Memslot(s.id, s.base_gfn, s.npages, s.userspace_addr, s.flags)
 
-    def dirty_bitmap(self, int id):
+    def dirty_bitmap(self, id):
         """The dirty log of slot `id` (a read-only uint8 view, one per page), or None.
 
         Read-only, and a view: the core keeps a pointer into the array, which must never
         be written or resized from Python (KVM_GET_DIRTY_LOG clears it, in the core).
         """
-        bitmap = self._bitmaps.get(id)
+        bitmap = self._bitmaps.get(slot_id_arg(id))
         if bitmap is None:
             return None
         view = bitmap.view()
         view.flags.writeable = False
         return view
 
-    def get(self, int id):
+    def get(self, id):
         """The Memslot with this id, or None."""
-        cdef int32_t i = index_of_id(&self.c, id)
+        cdef int32_t i = index_of_id(&self.c, slot_id_arg(id))
         return self._slot(i) if i >= 0 else None
 
-    def lookup(self, gfn_t gfn):
+    def lookup(self, gfn):
         """Id of the memslot holding gfn, or -1 (search_memslots)."""
-        cdef int32_t i = search_memslots(&self.c, gfn, NULL)
+        cdef int32_t i = search_memslots(&self.c, u64_arg(gfn, "gfn"), NULL)
         return self.c.memslots[i].id if i >= 0 else -1
 
-    def gfn_to_memslot(self, gfn_t gfn):
+    def gfn_to_memslot(self, gfn):
         """The Memslot holding gfn, or None (__gfn_to_memslot)."""
-        cdef int32_t i = search_memslots(&self.c, gfn, NULL)
+        cdef int32_t i = search_memslots(&self.c, u64_arg(gfn, "gfn"), NULL)
         return self._slot(i) if i >= 0 else None
 
     def lookup_batch(self, const gfn_t[::1] gfns not None, int32_t[::1] out=None):
@@ -592,15 +617,17 @@ cdef class Memslots:
                                &pfns[0], &writable[0], &st)
         return pfn_arr, w_arr
 
-    def gfn_to_hva(self, HostMM mm not None, gfn_t gfn):
+    def gfn_to_hva(self, HostMM mm not None, gfn_arg):
         """hva backing gfn (gfn_to_hva), or KVM_HVA_ERR_BAD if no memslot holds it."""
+        cdef gfn_t gfn = u64_arg(gfn_arg, "gfn")
         cdef int32_t i = search_memslots(&self.c, gfn, NULL)
         if i < 0:
             return KVM_HVA_ERR_BAD
         return gfn_to_hva_memslot(&self.c.memslots[i], gfn, &mm.c)
 
-    def gfn_to_pfn(self, HostMM mm not None, gfn_t gfn, bint write_fault):
+    def gfn_to_pfn(self, HostMM mm not None, gfn_arg, bint write_fault):
         """(pfn, writable) for gfn (gfn_to_pfn_prot); error pfns are returned, not raised."""
+        cdef gfn_t gfn = u64_arg(gfn_arg, "gfn")
         cdef bint writable
         cdef int32_t i = search_memslots(&self.c, gfn, NULL)
         cdef pfn_t pfn = gfn_to_pfn_memslot(&self.c.memslots[i] if i >= 0 else NULL,
@@ -642,7 +669,7 @@ cdef class HostMapping:
             raise ValueError(f"size {size:#x}: a positive multiple of the page size, at most 2^47")
         if prot & ~(PROT_READ | PROT_WRITE) or not prot & PROT_READ:
             raise ValueError(f"prot {prot:#x}: PROT_READ, optionally with PROT_WRITE")
-        if fill is not None and not 0 <= fill <= 0xff:
+        if fill is not None and not 0 <= int_arg(fill, "fill") <= 0xff:
             raise ValueError(f"fill {fill!r} must be a byte value 0..255")
         if alias and thp:
             raise ValueError("an alias mapping is 4 KiB VMAs of one file page: no THP")
@@ -768,6 +795,10 @@ cdef class HostMM:
     def __cinit__(self, mappings=(), HostMapping allones=None):
         cdef int32_t n, i
         cdef HostMapping m
+        mappings = tuple(mappings)
+        for m in mappings:
+            if not isinstance(m, HostMapping):
+                raise TypeError(f"mappings must be HostMapping objects, not {type(m).__name__}")
         ordered = tuple(sorted(mappings, key=lambda m: m.hva))
         n = len(ordered)
         self.c.starts = <hva_t *>malloc(max(n, 1) * sizeof(hva_t))
@@ -796,10 +827,10 @@ cdef class HostMM:
         """The host mappings (not the all-ones page), ascending by hva."""
         return self._mappings[:self.c.nr_vmas]
 
-    def hva_to_pfn(self, hva_t hva, bint write_fault):
+    def hva_to_pfn(self, hva, bint write_fault):
         """(pfn, writable) behind hva, or (KVM_PFN_ERR_FAULT, False)."""
         cdef bint writable = False
-        cdef pfn_t pfn = hva_to_pfn(&self.c, hva, write_fault, &writable)
+        cdef pfn_t pfn = hva_to_pfn(&self.c, u64_arg(hva, "hva"), write_fault, &writable)
         return pfn, bool(writable)
 
 
@@ -839,20 +870,20 @@ cdef class VMCore:
         self.cfg.pci_hole = pci_hole
         self.cfg.max_gfn = (1ULL << (phys_bits - ALLONES_PAGE_SHIFT)) - 1
 
-    cdef Memslots _current(self, int as_id):
-        # Checked here: with boundscheck off, a bad index would read past the list.
+    cdef Memslots _current(self, as_id):
+        as_id = int_arg(as_id, "as_id")
         if not 0 <= as_id < KVM_ADDRESS_SPACE_NUM:
             raise ValueError(f"as_id {as_id} outside 0..{KVM_ADDRESS_SPACE_NUM - 1}")
         return self._memslots[as_id]
 
-    def memslots(self, int as_id=0):
+    def memslots(self, as_id=0):
         """The current Memslots generation of an address space (a consistent snapshot)."""
         return self._current(as_id)
 
-    def lookup(self, gfn_t gfn, int as_id=0):
+    def lookup(self, gfn, as_id=0):
         """Id of the memslot holding gfn in address space as_id, or -1."""
         cdef Memslots slots = self._current(as_id)
-        cdef int32_t i = search_memslots(&slots.c, gfn, NULL)
+        cdef int32_t i = search_memslots(&slots.c, u64_arg(gfn, "gfn"), NULL)
         return slots.c.memslots[i].id if i >= 0 else -1
 
     def _set_user_memory_region(self, uint32_t slot, uint32_t flags, uint64_t guest_phys_addr,

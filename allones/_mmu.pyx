@@ -607,9 +607,14 @@ cdef run_stop run_loop(run_ctx *r, Py_ssize_t *pos) noexcept nogil:
 
 
 cdef Py_ssize_t check_accesses(const uint64_t *gpas, const uint8_t *sizes, Py_ssize_t n,
-                               int *why) noexcept nogil:
+                               gfn_t max_gfn, int *why) noexcept nogil:
     """Index of the first access the engine refuses (why: 1 size, 2 crosses a page,
-    3 gpa beyond 48 bits), or -1."""
+    3 gpa beyond the guest's physical address width), or -1.
+
+    A guest cannot make an access past its MAXPHYADDR: its own page tables would have
+    reserved bits set (a #PF in the guest, never an EPT violation). max_gfn is
+    kvm_mmu_max_gfn(), at most MAX_GFN_4LEVEL (phys_bits <= 48).
+    """
     cdef Py_ssize_t k
     for k in range(n):
         if sizes[k] != 1 and sizes[k] != 2 and sizes[k] != 4 and sizes[k] != 8:
@@ -618,7 +623,7 @@ cdef Py_ssize_t check_accesses(const uint64_t *gpas, const uint8_t *sizes, Py_ss
         if (gpas[k] & (ALLONES_PAGE_SIZE - 1)) + sizes[k] > ALLONES_PAGE_SIZE:
             why[0] = 2
             return k
-        if gpas[k] >> ALLONES_PAGE_SHIFT > MAX_GFN_4LEVEL:
+        if gpas[k] >> ALLONES_PAGE_SHIFT > max_gfn:
             why[0] = 3
             return k
     return -1
@@ -728,11 +733,13 @@ def run(Stage2 s2 not None, slots_of, mm_of, cfg_of,
     cdef Py_ssize_t n = gpas.shape[0]
     if sizes.shape[0] != n or is_write.shape[0] != n or values.shape[0] != n:
         raise ValueError("gpas, sizes, is_write and values must have the same length")
-    bad = check_accesses(&gpas[0] if n else NULL, &sizes[0] if n else NULL, n, &why)
+    cfg = cfg_of()
+    bad = check_accesses(&gpas[0] if n else NULL, &sizes[0] if n else NULL, n,
+                         min(<gfn_t>cfg["max_gfn"], MAX_GFN_4LEVEL), &why)
     if bad >= 0:
         reason = {1: "size must be 1, 2, 4 or 8",
                   2: "the access crosses a page boundary (not split: issue it as two)",
-                  3: "gpa beyond the 48 bits a 4-level table maps"}[why]
+                  3: f"gpa beyond the guest's physical address width (max gfn {cfg['max_gfn']:#x})"}[why]
         raise ValueError(f"access {bad} (gpa {gpas[bad]:#x}, size {sizes[bad]}): {reason}")
     exits = np.zeros(n, dtype=EXIT_DTYPE) if record_exits else None
     r.s2 = &s2.c
@@ -784,7 +791,12 @@ cdef void answer_exit(run_ctx *r, Py_ssize_t k, on_mmio) except *:
     write = bool(r.is_write[k])
     answer = on_mmio(int(r.gpas[k]), size, write, int(r.values[k]))
     if not write:
-        r.values[k] = (int(answer) if answer is not None else size_mask(size)) & size_mask(size)
+        # KVM copies `len` bytes of run->mmio.data: wider answers are cut to the access.
+        if answer is None:
+            answer = size_mask(size)
+        elif not isinstance(answer, (int, np.integer)):
+            raise TypeError(f"on_mmio returned {type(answer).__name__}: an integer or None answers a read")
+        r.values[k] = int(answer) & size_mask(size)
     record_exit(r, k, r.values[k])
 
 

@@ -41,6 +41,7 @@ class Host:
     def __init__(self, *, bit2: str = "allones", phys_bits: int = 46, materialize: bool = True):
         if bit2 not in BIT2_MEANINGS:
             raise ValueError(f"bit2={bit2!r}: expected one of {BIT2_MEANINGS}")
+        phys_bits = _as_int("phys_bits", phys_bits)
         if not 13 <= phys_bits <= 48:
             raise ValueError(f"phys_bits={phys_bits}: expected 13..48")
         self.bit2 = bit2
@@ -104,10 +105,12 @@ class Host:
         On an accounting host it has no memory (see `materialize`).
         Raises ValueError for a bad size, fill or prot; MemoryError if mmap fails.
         """
-        mapping = self._new_mapping(size, fill, prot, bool(thp), self.materialize)
-        self.fill_ns += mapping.fill_ns
-        self._mappings[mapping.hva] = mapping
-        self._publish()
+        prot = _as_int("prot", prot)
+        with self._lock:   # frame numbers and the published generation change together
+            mapping = self._new_mapping(size, fill, prot, bool(thp), self.materialize)
+            self.fill_ns += mapping.fill_ns
+            self._mappings[mapping.hva] = mapping
+            self._publish()
         return mapping
 
     def mmap_alias(self, size: int, fill: int = 0xFF, prot: int = PROT_READ,
@@ -136,6 +139,8 @@ class Host:
         """
         size = _page_multiple("size", size)
         max_map_count = _as_int("max_map_count", max_map_count)
+        if max_map_count < 0:
+            raise ValueError(f"max_map_count={max_map_count} must be >= 0")
         if fill is None or not 0 <= _as_int("fill", fill) <= 0xFF:
             raise ValueError(f"fill={fill!r} must be a byte value 0..255")
         if prot not in (PROT_READ, PROT_READ | PROT_WRITE):
@@ -158,8 +163,9 @@ class Host:
 
         Memslots that point there stay (as in the kernel); guest accesses through them
         then fail with EFAULT. Readers holding an older snapshot keep the memory alive.
-        Raises ValueError if no mapping starts at hva.
+        Raises ValueError if no mapping starts at hva, TypeError if hva is not an integer.
         """
+        hva = _as_int("hva", hva)
         with self._lock:
             mapping = self._mappings.pop(hva, None)
             if mapping is None:

@@ -112,6 +112,7 @@ class VM(_core.VMCore):
         return dict(
             prefault=PREFAULT_POLICIES.index(self.prefault),
             allones_map=ALLONES_MAPS.index(self.allones_map), pci_hole=host.pci_hole,
+            max_gfn=(1 << (host.phys_bits - PAGE_SHIFT)) - 1,
             allones_hva=host.allones_hva or 0, allones_pfn=host.allones_pfn or 0,
             allones_huge_hva=huge.hva if huge is not None else 0,
             allones_huge_pfn=huge.base_pfn if huge is not None else 0)
@@ -164,7 +165,9 @@ class VM(_core.VMCore):
         return change
 
     def check_extension(self, cap: int) -> int:
-        """KVM_CHECK_EXTENSION on the VM: >0 if supported (a count where the cap is one)."""
+        """KVM_CHECK_EXTENSION on the VM: >0 if supported (a count where the cap is one),
+        0 for any other integer, as the kernel answers an unknown capability."""
+        cap = _field("cap", cap, 64)
         return {
             KVM_CAP_USER_MEMORY: 1,
             KVM_CAP_SYNC_MMU: 1,
@@ -222,7 +225,9 @@ class VM(_core.VMCore):
         Args:
             gpas: guest physical addresses (1-D integer array).
             sizes: 1, 2, 4 or 8 bytes, per access or for all. An access may be unaligned
-                but may not cross a 4 KiB page (the batch is refused: issue it as two).
+                but may not cross a 4 KiB page (the batch is refused: issue it as two),
+                nor lie past the guest's physical address width (1 << host.phys_bits):
+                a guest cannot make one (its page tables would have reserved bits set).
             is_write: per access or for all.
             values: values to write (reads ignore theirs); uint64, copied, not modified.
             on_mmio: called as on_mmio(gpa, size, is_write, value) for KVM_EXIT_MMIO exits
@@ -247,8 +252,10 @@ class VM(_core.VMCore):
         gpas = _as_u64("gpas", gpas).copy()
         n = len(gpas)
         sizes = _broadcast("sizes", sizes, n, np.uint8).copy()
-        is_write = _broadcast("is_write", is_write, n, np.uint8).copy()
+        is_write = _broadcast("is_write", is_write, n, np.uint8, top=1).copy()
         values = np.zeros(n, dtype=np.uint64) if values is None else _as_u64("values", values).copy()
+        if on_mmio is not None and not callable(on_mmio):
+            raise TypeError(f"on_mmio must be callable, not {type(on_mmio).__name__}")
         if mmio_gfns is not None:
             mmio_gfns = np.unique(_as_u64("mmio_gfns", mmio_gfns))
         self.memslots(as_id)   # checks as_id
@@ -272,8 +279,11 @@ class VM(_core.VMCore):
         return int(self.run([gpa], size, False, as_id=as_id).values[0])
 
     def write(self, gpa: int, value: int, size: int = 4, as_id: int = 0) -> None:
-        """One guest write of `size` bytes at gpa (see run)."""
-        self.run([gpa], size, True, [value & ((1 << (8 * size)) - 1)], as_id=as_id)
+        """One guest write of `size` bytes at gpa (see run); value must fit `size` bytes."""
+        value = _field("value", value, 64)
+        if size in (1, 2, 4) and value >> (8 * size):
+            raise ValueError(f"value={value:#x} does not fit {size} bytes")
+        self.run([gpa], size, True, [value], as_id=as_id)
 
     def get_dirty_log(self, slot: int) -> np.ndarray:
         """KVM_GET_DIRTY_LOG: the pages of `slot` (as_id << 16 | id) dirtied since the last
@@ -300,6 +310,7 @@ class VM(_core.VMCore):
     def walk(self, gfn: int, as_id: int = 0) -> tuple[int, bool, int] | None:
         """(pfn, writable, level) of the stage-2 leaf mapping gfn (level 1: 4 KiB, 2: 2 MiB),
         or None."""
+        gfn = _field("gfn", gfn, 64)
         self.memslots(as_id)
         with self.host._lock:
             return self._stage2[as_id].walk(gfn, self.host.mm, self._mmu_config())
@@ -338,7 +349,8 @@ class VM(_core.VMCore):
 def _as_u64(name: str, values) -> np.ndarray:
     """values as a C-contiguous 1-D uint64 array (no copy when it already is one).
 
-    Raises TypeError for a non-integer dtype, ValueError for negative values or ndim != 1.
+    Raises TypeError for a non-integer dtype (floats, bools, strings), ValueError for
+    values outside 0..2^64-1 or ndim != 1.
     """
     arr = np.asarray(values)
     if arr.ndim != 1:
@@ -347,6 +359,9 @@ def _as_u64(name: str, values) -> np.ndarray:
         return np.ascontiguousarray(arr)
     if arr.size == 0:
         return np.empty(0, dtype=np.uint64)
+    if arr.dtype == object:   # Python ints too large for int64 (or not ints at all)
+        ints = [_field(f"{name}[{k}]", v, 64) for k, v in enumerate(arr)]
+        return np.array(ints, dtype=np.uint64)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
     if arr.dtype.kind == "i" and arr.min() < 0:
@@ -354,17 +369,21 @@ def _as_u64(name: str, values) -> np.ndarray:
     return arr.astype(np.uint64)
 
 
-def _broadcast(name: str, value, n: int, dtype) -> np.ndarray:
-    """A per-access array of n entries from an array or one value for all."""
+def _broadcast(name: str, value, n: int, dtype, top: int | None = None) -> np.ndarray:
+    """A per-access array of n entries from an array or one value for all, each in
+    0..top (default: the dtype's maximum)."""
     arr = np.asarray(value)
     if arr.ndim == 0:
         arr = np.full(n, arr)
     if arr.ndim != 1 or len(arr) != n:
         raise ValueError(f"{name} must be one value or {n} values, got shape {arr.shape}")
+    if arr.size == 0:   # np.asarray([]) is float64: an empty list is still no accesses
+        return np.empty(0, dtype=dtype)
     if arr.dtype.kind not in "iub":
         raise TypeError(f"{name} must be integers or booleans, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
-        raise ValueError(f"{name} has values outside 0..{np.iinfo(dtype).max}")
+    top = np.iinfo(dtype).max if top is None else top
+    if arr.min() < 0 or arr.max() > top:
+        raise ValueError(f"{name} has values outside 0..{top}")
     return np.ascontiguousarray(arr, dtype=dtype)
 
 

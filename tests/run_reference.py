@@ -368,8 +368,7 @@ class RunReference:
 
     # --- run ---
 
-    @staticmethod
-    def validate(gpas, sizes, is_write, values):
+    def validate(self, gpas, sizes, is_write, values):
         """The batch checks: ValueError for the whole batch, before anything runs."""
         n = len(gpas)
         if len(sizes) != n or len(is_write) != n or (values is not None and len(values) != n):
@@ -380,8 +379,8 @@ class RunReference:
                 raise ValueError(f"size {size}")
             if (gpa & (PAGE - 1)) + size > PAGE:
                 raise ValueError(f"gpa {gpa:#x} size {size} crosses a page")
-            if gpa >> 12 >= 1 << MAX_GFN_BITS:
-                raise ValueError(f"gpa {gpa:#x} beyond 48 bits")
+            if gpa >> 12 >= 1 << min(MAX_GFN_BITS, self.host.phys_bits - 12):
+                raise ValueError(f"gpa {gpa:#x} beyond the guest's physical address width")
 
     def run(self, gpas, sizes, is_write, values=None, as_id=0, on_mmio=None, mmio_gfns=None):
         """Run a batch as the spec says; return a RunResult (bad_index set on EFAULT)."""
