@@ -97,6 +97,8 @@ cdef int32_t search_memslots(kvm_memslots *slots, gfn_t gfn, lookup_stats *st) n
 
     As the kernel's search_memslots(): try the last-used slot first, else binary search,
     and remember a hit. The cache is a hint shared by all readers, hence relaxed atomics.
+    Indices: last_used_slot is -1 or an index this generation stored; floor_index runs
+    over used_slots >= 1 entries.
     """
     cdef int32_t i
     if st != NULL:
@@ -139,7 +141,9 @@ cdef inline void cursor_init(const kvm_memslots *slots, memslot_cursor *c) noexc
 
 
 cdef inline void cursor_seek(const kvm_memslots *slots, memslot_cursor *c, gfn_t gfn) noexcept nogil:
-    """Move to the tile holding gfn: the next tile if a scan stepped into it, else search."""
+    """Move to the tile holding gfn: the next tile if a scan stepped into it, else search.
+    Indices: t + 1 is checked against nr_tiles; floor_index runs over nr_tiles >= 1 (the
+    tiles cover [0, 2^64)); tile_slots holds -1 or a memslot index of this generation."""
     cdef int32_t t = c.tile + 1
     if not (t < slots.nr_tiles and gfn - slots.tile_starts[t] < tile_span(slots, t)):
         t = floor_index(slots.tile_starts, slots.nr_tiles, gfn)
@@ -165,6 +169,7 @@ cdef void lookup_memslots(kvm_memslots *slots, const gfn_t *gfns, Py_ssize_t n,
 
     A cursor remembers the last tile (slot or gap), so a sequential scan costs one compare
     per gfn and one more per tile; statistics count what the kernel's cache would have hit.
+    Indices: k < n, the caller's array length; memslots[] is read only for a slot tile.
     """
     cdef Py_ssize_t k
     cdef memslot_cursor c
@@ -436,7 +441,8 @@ cdef hva_t gfn_to_hva_memslot(const kvm_memory_slot *slot, gfn_t gfn,
 
 
 cdef int32_t find_vma(host_mm *mm, hva_t hva) noexcept nogil:
-    """Index of the host mapping holding hva, or -1 (find_vma, with a last-used cache)."""
+    """Index of the host mapping holding hva, or -1 (find_vma, with a last-used cache).
+    Indices: last_used_vma starts at 0 and holds only indices found here; nr_vmas >= 1."""
     cdef int32_t i
     if mm.nr_vmas == 0:
         return -1

@@ -124,6 +124,8 @@ cdef void s2_destroy(stage2 *s2) noexcept nogil:
 
 
 cdef inline s2_table *s2_child(const stage2 *s2, uint64_t spte) noexcept nogil:
+    # A table entry holds the pool index s2_alloc() returned; zap frees the child before
+    # clearing the entry, so a present table entry never names a freed slot.
     return s2.pages[spte >> SPTE_ADDR_SHIFT]
 
 
@@ -364,6 +366,7 @@ cdef int map_normal(run_ctx *r, const kvm_memory_slot *slot, gfn_t gfn, pfn_t pf
     rc = s2_map_4k(r.s2, gfn, (pfn << SPTE_ADDR_SHIFT) | flags, fill_data(vma, hva), True, &r.st)
     if rc == 0 and writable and slot.dirty_bitmap != NULL:
         # v6.6 make_spte(): a writable SPTE in a dirty-logged slot marks the page dirty.
+        # The bitmap has npages bytes and gfn lies in the slot (the fault found it there).
         slot.dirty_bitmap[gfn - slot.base_gfn] = 1
     return rc
 
@@ -516,6 +519,7 @@ cdef inline bint handler_answers(const run_ctx *r, gfn_t gfn) noexcept nogil:
 
 
 cdef inline void record_exit(run_ctx *r, Py_ssize_t k, uint64_t value) noexcept nogil:
+    # exits[] has n entries and at most one exit is recorded per access: nr_exits <= k < n.
     if r.exits != NULL:
         r.exits[r.nr_exits] = exit_record(k, r.gpas[k], value, r.sizes[k], r.is_write[k])
         r.nr_exits += 1

@@ -139,8 +139,8 @@ class Host:
         """
         size = _page_multiple("size", size)
         max_map_count = _as_int("max_map_count", max_map_count)
-        if max_map_count < 0:
-            raise ValueError(f"max_map_count={max_map_count} must be >= 0")
+        if not 0 <= max_map_count < 1 << 31:   # the sysctl is an int
+            raise ValueError(f"max_map_count={max_map_count} outside 0..2^31-1")
         if fill is None or not 0 <= _as_int("fill", fill) <= 0xFF:
             raise ValueError(f"fill={fill!r} must be a byte value 0..255")
         if prot not in (PROT_READ, PROT_READ | PROT_WRITE):
