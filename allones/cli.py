@@ -75,11 +75,28 @@ def demo(out=None) -> int:
     return 0
 
 
+def _int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in lo..hi (argparse reports anything else, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{value} is less than {lo}" if hi is None
+                                             else f"{value} is not in {lo}..{hi}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
 def _topology_args(p) -> None:
     p.add_argument("--topology", "-t", default="q35", metavar="SPEC",
                    help="q35, farm:N[:EMPTY[:SEED]], multi:SEGMENTS[:PORTS], random:SEED, "
                         "or a file of `lspci -n` / QEMU `info pci` text (default q35)")
-    p.add_argument("--ecam-buses", type=int, metavar="N",
+    p.add_argument("--ecam-buses", type=_int_in(1, 256), metavar="N",
                    help="shrink segment 0's MCFG window to N buses")
 
 
@@ -151,7 +168,11 @@ def scan(args, out) -> int:
 def trace_import(args, out) -> int:
     """`allones trace import PATH`: parse, replay on one VM, report mismatches; --csv writes
     the MMCONFIG accesses."""
+    from pathlib import Path
+
     from .pci.traces import format_csv, read_trace
+    if args.csv and not Path(args.csv).resolve().parent.is_dir():    # before the work
+        raise FileNotFoundError(f"--csv {args.csv}: no such directory {Path(args.csv).resolve().parent}")
     trace = read_trace(args.path)
     topology = _topology(args)
     vmm = _vmm(args, topology)
@@ -178,10 +199,13 @@ def compare(args, out) -> int:
     from .experiments.compare import DEFAULT_SCANS, compare as run_compare
     from .experiments.costmodel import CostModel
     from .experiments.strategies import STRATEGIES, get_strategy
-    costs = CostModel.from_toml(args.costs) if args.costs else CostModel.default()
-    strategies = [get_strategy(s).name for s in args.strategies.split(",")] if args.strategies else list(STRATEGIES)
-    if len(set(strategies)) != len(strategies) or args.vms < 1 or (args.workers is not None and args.workers < 1):
-        raise ValueError("--strategies must not repeat; --vms and --workers must be at least 1")
+    costs = CostModel.from_toml(args.costs) if args.costs is not None else CostModel.default()
+    if args.strategies is None:
+        strategies = list(STRATEGIES)
+    else:
+        strategies = [get_strategy(s.strip()).name for s in args.strategies.split(",")]
+        if len(set(strategies)) != len(strategies):
+            raise ValueError(f"--strategies: {args.strategies!r} names a strategy twice")
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)      # before the work: a bad --out fails at once
     console = Console(file=out)
@@ -205,20 +229,36 @@ def compare(args, out) -> int:
 def sweep(args, out) -> int:
     """`allones sweep CONFIG.toml`: a grid of fleets from a TOML config (see
     allones.experiments.sweep); resumes in --out, on a local pool or a Dask scheduler."""
+    import signal
+    import threading
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .experiments.sweep import expand, load_config, run_sweep
+    from .experiments.sweep import WorkerDied, expand, load_config, run_sweep
     config = load_config(args.config)
     cells = len(expand(config))
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("sweep cells", total=cells)
-        try:
+    # SIGTERM (timeout, a batch system, docker stop) stops the sweep as Ctrl-C does: by default
+    # it kills this process alone, and the pool's workers would wait for cells forever
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
+    try:
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("sweep cells", total=cells)
             result = run_sweep(config, args.out, scheduler=args.scheduler, workers=args.workers,
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
-        except ImportError as exc:
-            raise ValueError(str(exc)) from None
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    except WorkerDied as exc:   # one line, not BrokenProcessPool's traceback
+        print(f"allones: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:   # SweepInterrupted says how many cells are kept
+        print(f"allones: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return 130   # 128 + SIGINT, as a shell reports it
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     shape = " x ".join(f"{n} {one if n == 1 else many}" for n, one, many in (
         (len(config.strategies), "strategy", "strategies"), (len(config.scans), "scan", "scans"),
         (len(config.vms), "fleet size", "fleet sizes"), (len(config.topologies), "topology mix", "topology mixes"),
@@ -241,12 +281,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="allones", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compare", help="every strategy on a fleet of VMs: table, CSV, JSON, plots")
-    p.add_argument("--vms", type=int, default=64, help="VMs in each fleet (default 64)")
+    p.add_argument("--vms", type=_int_in(1), default=64, help="VMs in each fleet (default 64)")
     p.add_argument("--strategies", help="comma-separated strategy names (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the fleets' topology mix")
+    p.add_argument("--seed", type=_int_in(0), default=0, help="seeds the fleets' topology mix")
     p.add_argument("--costs", metavar="TOML", help="override cost constants ([costs] table)")
     p.add_argument("--out", default="allones-results", help="directory for CSV, JSON and plots")
-    p.add_argument("--workers", type=int, help="processes (default: the CPUs)")
+    p.add_argument("--workers", type=_int_in(1), help="processes (default: the CPUs)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     sub.add_parser("demo", help="translations, and one ECAM segment scanned under each backing")
     topo = sub.add_parser("topology", help="PCI topologies").add_subparsers(dest="action", required=True)
@@ -258,12 +298,12 @@ def main(argv=None) -> int:
     p.add_argument("--mechanism", "-m", choices=MECHANISMS,
                    help="linux-x86-default for Linux scans, mmconfig for the others by default")
     p.add_argument("--cpu", choices=CPUS, help="linux-boot-x86: the vCPU (default intel)")
-    p.add_argument("--last-bus", type=int, help="linux-boot-x86: pci=lastbus=N")
+    p.add_argument("--last-bus", type=_int_in(-1, 255), help="linux-boot-x86: pci=lastbus=N")
     p.add_argument("--pcie-scan-all", action="store_true", help="Linux scans: pci=pcie_scan_all")
-    p.add_argument("--max-buses", type=int, help="full-dump: buses per segment (a whole window is "
-                                                  "67M accesses)")
-    p.add_argument("--count", type=int, help="random: how many accesses")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-buses", type=_int_in(1, 256), help="full-dump: buses per segment (a whole "
+                                                              "window is 67M accesses)")
+    p.add_argument("--count", type=_int_in(0), help="random: how many accesses")
+    p.add_argument("--seed", type=_int_in(0), default=0)
     p.add_argument("--reactive", action="store_true",
                    help="feed the scan the VM's own answers, access by access")
     trace = sub.add_parser("trace", help="recorded config accesses").add_subparsers(dest="action", required=True)

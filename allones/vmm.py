@@ -23,9 +23,10 @@ import numpy as np
 from .constants import (DEFAULT_MAX_MAP_COUNT, KVM_MEM_ALLONES, KVM_MEM_READONLY, KVM_USER_MEM_SLOTS,
                         PAGE_SIZE, PROT_READ)
 from .errors import NoMemory
-from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, SpacesResponder, drive,
-                         gpas_of, recorded_answers)
+from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, SpacesResponder, check_accesses,
+                         drive, gpas_of, recorded_answers)
 from .pci.config_space import ConfigSpaces
+from .pci.ecam import PciAddressError, _index
 from .pci.holes import HoleLayout, hole_layout, present_gfns
 from .pci.scans import plan_scan, scan_program
 from .pci.topology import Topology
@@ -84,15 +85,32 @@ class Vmm:
 
     def __init__(self, vm: VM, topology: Topology, backing: str = "allones", *,
                  first_slot: int = 1, budget: int | None = None, thp: bool = False):
-        if backing not in BACKINGS:
+        if not isinstance(vm, VM):
+            raise TypeError(f"vm must be an allones.VM, not {type(vm).__name__}")
+        if not isinstance(topology, Topology):
+            raise TypeError(f"topology must be a Topology, not {type(topology).__name__}")
+        if not isinstance(backing, str) or backing not in BACKINGS:
             raise ValueError(f"unknown backing {backing!r}; one of {', '.join(BACKINGS)}")
         if backing in ("allones", "pci-hole") and vm.host.pci_hole != (backing == "pci-hole"):
             raise ValueError(f"backing {backing!r} needs a Host(bit2={backing.replace('-', '_')!r})")
+        if not isinstance(thp, (bool, np.bool_)):
+            raise TypeError(f"thp must be True or False, not {thp!r}")
         if thp and backing != "filled":
             raise ValueError("thp applies to the filled backing only")
-        self.vm, self.topology, self.backing, self.thp = vm, topology, backing, thp
+        first_slot = _index("first_slot", first_slot)
         if not 0 <= first_slot < KVM_USER_MEM_SLOTS:
             raise ValueError(f"first_slot {first_slot} not in 0..{KVM_USER_MEM_SLOTS - 1}")
+        if budget is not None:
+            budget = _index("budget", budget)
+            if budget < 0:
+                raise ValueError(f"budget {budget} is negative")
+        width = vm.host.phys_bits
+        for seg in topology.segments:        # the guest cannot address past MAXPHYADDR
+            if seg.window_end > 1 << width:
+                raise PciAddressError(f"segment {seg.segment}'s ECAM window [{seg.window_start:#x}, "
+                                      f"{seg.window_end:#x}) ends past the guest's {width}-bit "
+                                      "physical address width (Host.phys_bits)")
+        self.vm, self.topology, self.backing, self.thp = vm, topology, backing, bool(thp)
         limit = KVM_USER_MEM_SLOTS - first_slot      # slot ids must stay below the limit
         self.layout: HoleLayout = hole_layout(topology, limit if budget is None else min(budget, limit))
         self.slots: list[int] = []
@@ -174,27 +192,60 @@ class Vmm:
         return None
 
     def conf1(self, batch: np.ndarray) -> np.ndarray:
-        """Port I/O config cycles (every one exits twice): values read (writes: as written)."""
+        """Port I/O config cycles (every one exits twice): values read (writes: as written).
+        TypeError or ValueError (see check_accesses) for a bad batch or a non-CONF1 access."""
+        self._check(batch, CONF1)
         return self._emulate.batch(batch)
 
     def mmconfig(self, batch: np.ndarray, totals: dict) -> np.ndarray:
         """MMCONFIG accesses through VM.run (present functions' exits emulated here); adds
-        the run's counters to `totals`."""
-        gpas = gpas_of(self.topology, batch)
+        the run's counters to `totals`. The batch is checked first (see access())."""
+        self._check(batch, MMCONFIG)
+        return self._mmconfig(batch, gpas_of(self.topology, batch), _totals(totals))
+
+    def _mmconfig(self, batch, gpas, totals) -> np.ndarray:
         result = self.vm.run(gpas, batch["size"], batch["is_write"], batch["value"],
                              on_mmio=self.handle_mmio, mmio_gfns=self._present_gfns)
         for k, v in result.stats.items():
             totals[k] = totals.get(k, 0) + v
         return result.values
 
+    def _check(self, batch, mech: int) -> None:
+        check_accesses(batch, "batch")
+        if np.any(batch["mech"] != mech):
+            i = int(np.flatnonzero(batch["mech"] != mech)[0])
+            raise ValueError(f"batch[{i}]: not a {'CONF1' if mech == CONF1 else 'MMCONFIG'} access "
+                             "(Vmm.access() takes both)")
+
     def access(self, batch: np.ndarray, totals: dict) -> np.ndarray:
-        """Any accesses, in order: each run of one mechanism goes in one go."""
+        """Any accesses, in order: each run of one mechanism goes in one go.
+
+        The whole batch is checked before any access runs (nothing changes if it is
+        refused): TypeError unless a 1-D ACCESS_DTYPE array and `totals` a dict; ValueError
+        or PciAddressError for a bad access (check_accesses) or an MMCONFIG access outside
+        the topology's windows."""
+        totals = _totals(totals)
+        return self._access(batch, self._gpas(batch, "batch"), totals)
+
+    def _gpas(self, batch, name: str) -> np.ndarray:
+        """Check a batch (check_accesses) and give the ECAM gpa of each MMCONFIG access (0
+        for conf1): PciAddressError for one outside the topology's windows."""
+        check_accesses(batch, name)
+        gpas = np.zeros(len(batch), dtype=np.uint64)
+        mmio = batch["mech"] == MMCONFIG
+        gpas[mmio] = gpas_of(self.topology, batch[mmio])
+        return gpas
+
+    def _access(self, batch, gpas, totals) -> np.ndarray:
         values = np.empty(len(batch), dtype=np.uint64)
+        if not len(batch):
+            return values
         mech = batch["mech"]
         cuts = np.flatnonzero(np.diff(mech)) + 1
         for lo, hi in zip([0] + cuts.tolist(), cuts.tolist() + [len(batch)]):
             part = batch[lo:hi]
-            values[lo:hi] = self.mmconfig(part, totals) if mech[lo] == MMCONFIG else self.conf1(part)
+            values[lo:hi] = (self._mmconfig(part, gpas[lo:hi], totals) if mech[lo] == MMCONFIG
+                             else self._emulate.batch(part))
         return values
 
     # -- scans ------------------------------------------------------------------------------
@@ -207,9 +258,15 @@ class Vmm:
     def replay(self, scan: ScanResult, name: str | None = None) -> ScanRun:
         """Reboot the devices, replay recorded accesses (a plan or a trace) in order, and count
         reads that return other than recorded."""
+        if not isinstance(scan, ScanResult):
+            raise TypeError(f"scan must be a ScanResult (plan_scan(), Trace.as_scan()), not "
+                            f"{type(scan).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        gpas = self._gpas(scan.accesses, "scan.accesses")      # checked before the devices reboot
         start, emulated, totals = time.perf_counter(), self.mmio_emulated, {}
         self.reset_devices()
-        values = self.access(scan.accesses, totals) if len(scan) else np.empty(0, dtype=np.uint64)
+        values = self._access(scan.accesses, gpas, totals)
         return self._result(scan.name if name is None else name, scan, values, totals, start, emulated)
 
     def _result(self, name, scan, values, totals, start, emulated) -> ScanRun:
@@ -227,14 +284,22 @@ class Vmm:
         against the topology (what a correct VMM answers) and replayed; `reactive=True` feeds
         the scan program the values the VM really returns, access by access (slower; the same
         result unless the VM answers wrongly, which the default reports as mismatches)."""
+        if not isinstance(reactive, (bool, np.bool_)):
+            raise TypeError(f"reactive must be True or False, not {reactive!r}")
         if not reactive:
             return self.replay(plan_scan(self.topology, name, mechanism, seed, **options))
+        _, program = scan_program(self.topology, name, mechanism, seed, **options)   # checks first
         start, emulated, totals = time.perf_counter(), self.mmio_emulated, {}
         self.reset_devices()
-        _, program = scan_program(self.topology, name, mechanism, seed, **options)
         got = drive(program, _VmResponder(self, totals))
         expected = ScanResult(name, mechanism, self.topology, recorded_answers(self.topology, got))
         return self._result(name, expected, got["value"], totals, start, emulated)
+
+
+def _totals(totals) -> dict:
+    if not isinstance(totals, dict):
+        raise TypeError(f"totals must be a dict (counters are added to it), not {type(totals).__name__}")
+    return totals
 
 
 class _VmResponder:
@@ -246,7 +311,8 @@ class _VmResponder:
     def one(self, a: tuple) -> int:
         if a[7] == CONF1:
             return self.vmm._emulate.one(a)
-        return int(self.vmm.mmconfig(np.array([a], dtype=ACCESS_DTYPE), self.totals)[0])
+        batch = np.array([a], dtype=ACCESS_DTYPE)
+        return int(self.vmm._mmconfig(batch, gpas_of(self.vmm.topology, batch), self.totals)[0])
 
     def batch(self, batch: np.ndarray) -> np.ndarray:
         return self.vmm.access(batch, self.totals)

@@ -8,12 +8,18 @@ firmware passes. Fleets run in a process pool; each is independent and seeded.
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from ..errors import NoMemory
+from ..pci.access import MECHANISMS
+from ..pci.builders import from_spec
+from ..pci.ecam import _index
 from ..pci.holes import MemslotBudgetError
+from ..pci.scans import OPTION_CHECKS, SCANS
 from .costmodel import CostModel
 from .fleet import DEFAULT_MIX, RAM_BUDGET, FleetResult, run_fleet
 from .strategies import STRATEGIES, get_strategy
@@ -27,6 +33,28 @@ class ScanSpec:
     scan: str
     mechanism: str
     options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        """Check every field now (not in each fleet later): ValueError or TypeError naming it."""
+        if not isinstance(self.label, str) or not self.label:
+            raise ValueError(f"ScanSpec label {self.label!r} is not a non-empty str")
+        if not isinstance(self.scan, str) or self.scan not in SCANS:
+            raise ValueError(f"ScanSpec {self.label!r}: unknown scan {self.scan!r}; one of {', '.join(SCANS)}")
+        if not isinstance(self.mechanism, str) or self.mechanism not in MECHANISMS:
+            raise ValueError(f"ScanSpec {self.label!r}: unknown mechanism {self.mechanism!r}; one of "
+                             f"{', '.join(MECHANISMS)}")
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"ScanSpec {self.label!r}: options must be a mapping, not "
+                            f"{type(self.options).__name__}")
+        allowed = set(inspect.signature(SCANS[self.scan]).parameters) - {"cycles", "topology", "rng"}
+        for key, value in self.options.items():
+            if key not in allowed:
+                raise ValueError(f"ScanSpec {self.label!r}: scan {self.scan!r} takes no option {key!r} "
+                                 f"(it takes: {', '.join(sorted(allowed)) or 'none'})")
+            try:
+                OPTION_CHECKS[key](key, value)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"ScanSpec {self.label!r}: {exc}") from None
 
 
 DEFAULT_SCANS = (
@@ -59,10 +87,29 @@ def compare(strategies=tuple(STRATEGIES), scans=DEFAULT_SCANS, n_vms: int = 64, 
     strategies = [get_strategy(s).name for s in strategies]
     if len(set(strategies)) != len(strategies):
         raise ValueError(f"strategies repeat: {strategies}")
+    if isinstance(scans, (str, ScanSpec)) or not scans:
+        raise ValueError("scans: a non-empty list of ScanSpecs")
+    scans = list(scans)
+    for i, spec in enumerate(scans):
+        if not isinstance(spec, ScanSpec):
+            raise TypeError(f"scans[{i}] must be a ScanSpec, not {type(spec).__name__}")
+    if len({s.label for s in scans}) != len(scans):
+        raise ValueError(f"scan labels repeat: {[s.label for s in scans]}")
+    n_vms = _index("n_vms", n_vms)
     if n_vms < 1:
         raise ValueError(f"n_vms {n_vms} must be at least 1")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers {workers} must be at least 1")
+    _check_mix(mix)
+    seed = _index("seed", seed)
+    if seed < 0:
+        raise ValueError(f"seed {seed} must be a non-negative integer")
+    if costs is not None and not isinstance(costs, CostModel):
+        raise TypeError(f"costs must be a CostModel, not {type(costs).__name__}")
+    if workers is not None:
+        workers = _index("workers", workers)
+        if workers < 1:
+            raise ValueError(f"workers {workers} must be at least 1")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, not {type(progress).__name__}")
     costs = costs or CostModel.default()
     jobs = [(s, spec) for spec in scans for s in strategies]
     workers = workers or os.cpu_count() or 1
@@ -81,3 +128,20 @@ def compare(strategies=tuple(STRATEGIES), scans=DEFAULT_SCANS, n_vms: int = 64, 
                 if progress:
                     progress(len(results), len(jobs))
     return [results[i] for i in range(len(jobs))]
+
+
+def _check_mix(mix) -> None:
+    """A fleet's topology mix: a non-empty list of specs from_spec accepts (checked here,
+    before any fleet starts, so a bad one fails at once, naming it)."""
+    if isinstance(mix, str) or not hasattr(mix, "__iter__"):
+        raise ValueError(f"mix: a non-empty list of topology specs, not {mix!r}")
+    mix = list(mix)
+    if not mix:
+        raise ValueError("mix: a non-empty list of topology specs, not an empty one")
+    for i, spec in enumerate(mix):
+        try:
+            from_spec(spec)
+        except (FileNotFoundError, TypeError, ValueError) as exc:
+            if type(exc) not in (FileNotFoundError, TypeError, ValueError):
+                raise            # TopologyParseError and the like: they name the file and line
+            raise type(exc)(f"mix[{i}]: {exc}") from None

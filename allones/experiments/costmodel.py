@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +109,21 @@ class CostModel:
 
         Raises ValueError for a file without a `[costs]` table, other top-level keys, an
         unknown key in `[costs]` (naming it and the allowed ones) or a bad value; OSError if
-        the file cannot be read; tomllib.TOMLDecodeError (a ValueError) for bad TOML.
+        the file cannot be read; tomllib.TOMLDecodeError (a ValueError) naming the file for bad
+        TOML (or bytes that are not UTF-8).
         """
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"path must be a str or Path, not {type(path).__name__}")
+        if not str(path):
+            raise ValueError("path is empty: name a TOML file with a [costs] table")
         with Path(path).open("rb") as f:
-            data = tomllib.load(f)
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise tomllib.TOMLDecodeError(f"{path}: invalid TOML: {exc}") from None
+            except UnicodeDecodeError as exc:
+                raise tomllib.TOMLDecodeError(f"{path}: invalid TOML: not UTF-8 text ({exc.reason} "
+                                              f"at byte {exc.start})") from None
         extra = sorted(set(data) - {"costs"})
         if extra:
             raise ValueError(f"{path}: unknown top-level key(s) {', '.join(map(repr, extra))}; "
@@ -141,7 +153,9 @@ class CostModel:
         events: counts keyed by EVENTS' names; a missing key counts 0. Raises ValueError for
         an unknown key or a count that is not a non-negative number.
         """
-        unknown = sorted(set(events) - set(EVENTS))
+        if not isinstance(events, Mapping):
+            raise TypeError(f"events must be a mapping of event kind to count, not {type(events).__name__}")
+        unknown = sorted(set(events) - set(EVENTS), key=repr)
         if unknown:
             raise ValueError(f"unknown event(s) {', '.join(map(repr, unknown))}; "
                              f"known: {', '.join(EVENTS)}")
@@ -149,7 +163,7 @@ class CostModel:
         for kind, field in EVENTS.items():
             count = events.get(kind, 0)
             if (isinstance(count, bool) or not isinstance(count, numbers.Real)
-                    or not math.isfinite(count) or count < 0):
+                    or not _finite(count) or count < 0):
                 raise ValueError(f"event {kind!r}: count {count!r} is not a non-negative number")
             out[kind] = float(count) * getattr(self, field)
         return out
@@ -202,7 +216,11 @@ def _checked(name: str, value):
     """The field's value, coerced (float, or int for ksm_pages_to_scan); ValueError if bad."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name}: {value!r} is not a number")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:        # an int past a float's range
+        finite = False
+    if not finite:
         raise ValueError(f"{name}: {value!r} is not finite")
     if value < 0:
         raise ValueError(f"{name}: {value!r} is negative")
@@ -211,6 +229,13 @@ def _checked(name: str, value):
             raise ValueError(f"{name}: {value!r} is not a whole number of pages >= 1")
         return int(value)
     return float(value)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:        # an int past a float's range
+        return False
 
 
 def _page_count(pages) -> int:

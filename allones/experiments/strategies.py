@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..host import Host
+from ..host import BIT2_MEANINGS, Host
 from ..pci.topology import Topology
-from ..vm import VM
-from ..vmm import Vmm
+from ..vm import ALLONES_MAPS, PREFAULT_POLICIES, VM
+from ..vmm import BACKINGS, Vmm
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,24 @@ class Strategy:
     ksm: bool = False
     doc: str = ""
 
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Strategy name {self.name!r} is not a non-empty str")
+        for what, value, allowed in (("backing", self.backing, BACKINGS), ("bit2", self.bit2, BIT2_MEANINGS),
+                                     ("prefault", self.prefault, PREFAULT_POLICIES),
+                                     ("allones_map", self.allones_map, ALLONES_MAPS)):
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"strategy {self.name!r}: {what} {value!r} is not one of {', '.join(allowed)}")
+        for what in ("thp", "ksm"):
+            if not isinstance(getattr(self, what), bool):
+                raise TypeError(f"strategy {self.name!r}: {what} must be True or False, "
+                                f"not {getattr(self, what)!r}")
+        if self.backing in ("allones", "pci-hole") and self.bit2 != self.backing.replace("-", "_"):
+            raise ValueError(f"strategy {self.name!r}: backing {self.backing!r} needs "
+                             f"bit2={self.backing.replace('-', '_')!r}, not {self.bit2!r}")
+        if (self.thp or self.ksm) and self.backing != "filled":
+            raise ValueError(f"strategy {self.name!r}: thp and ksm apply to the filled backing only")
+
     @property
     def fills(self) -> bool:
         """The VMM fills memory with 0xff for each VM (setup time and per-VM memory)."""
@@ -45,6 +63,8 @@ class Strategy:
 
     def make_host(self, materialize: bool = True) -> Host:
         """A host whose kernel carries the series this strategy needs."""
+        if not isinstance(materialize, bool):
+            raise TypeError(f"materialize must be True or False, not {materialize!r}")
         return Host(bit2=self.bit2, materialize=materialize)
 
     def make_vm(self, host: Host) -> VM:
@@ -76,7 +96,10 @@ STRATEGIES = {s.name: s for s in (
 
 
 def get_strategy(name: str) -> Strategy:
-    """The named strategy (ValueError listing the names otherwise)."""
+    """The named strategy (ValueError listing the names otherwise; TypeError for a name
+    that is not a str)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a strategy name must be a str, not {type(name).__name__}")
     try:
         return STRATEGIES[name]
     except KeyError:

@@ -43,15 +43,22 @@ Output, in `out`:
 - `modeled_time.png/.svg` and `memory.png/.svg`: modeled scan time per VM and host data
   memory against fleet size, a line per strategy.
 - `config.toml` (the input) and `manifest.json` (allones version, seed, cell keys).
+
+Stopping early loses only the cells running at the time: Ctrl-C (KeyboardInterrupt) drops
+the queued cells, stops the running ones and raises SweepInterrupted; a local worker process
+that dies (killed, out of memory) stops the sweep with WorkerDied. Both say how many cells are
+kept; the tables and figures are not written; a rerun resumes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 
@@ -66,7 +73,27 @@ from .sweep_outputs import latex_escape, latex_table, markdown_table, plot_sweep
 
 __all__ = ["load_config", "expand", "run_cell", "run_sweep", "write_outputs", "markdown_table",
            "latex_table", "latex_escape", "plot_sweep", "SweepConfig", "SweepResult", "Cell",
-           "TIMING_COLUMNS", "PARAM_COLUMNS", "DEFAULT_OUT", "DEFAULT_VMS"]
+           "TIMING_COLUMNS", "PARAM_COLUMNS", "DEFAULT_OUT", "DEFAULT_VMS", "SweepInterrupted",
+           "WorkerDied"]
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during run_sweep: the finished cells are saved, `result` says which (ran,
+    skipped). Still a KeyboardInterrupt, so callers stop as they would have."""
+
+    def __init__(self, message: str, result: SweepResult):
+        super().__init__(message)
+        self.result = result
+
+
+class WorkerDied(RuntimeError):
+    """A local worker process died (killed, out of memory): the pool is gone, so the sweep
+    stops; the finished cells are saved, `result` says which."""
+
+    def __init__(self, message: str, result: SweepResult):
+        super().__init__(message)
+        self.result = result
+
 
 def run_cell(cell: Cell) -> list[dict]:
     """Run one cell's fleet: its summary row (parameters first, then report.summary_rows'
@@ -127,38 +154,85 @@ def run_sweep(config, out=None, scheduler=None, workers: int | None = None,
 
     if progress:
         progress(len(stored), len(cells))
-    if todo:
-        if scheduler is not None:
-            _run_dask(todo, scheduler, report)
-        elif (workers or os.cpu_count() or 1) == 1 or len(todo) == 1:
-            for cell in todo:
-                try:
-                    rows = run_cell(cell)
-                except Exception as exc:   # a bug in one cell: keep the others
-                    report(cell, exc=exc)
-                else:
-                    report(cell, rows)
-        else:
-            _run_pool(todo, min(workers or os.cpu_count() or 1, len(todo)), report)
-    result.rows = [row for cell in cells for row in stored.get(cell.key, [])]
-    result.failed = [c.key for c in cells if any(r.get("error") for r in stored.get(c.key, []))]
-    result.files = write_outputs(result.rows, cells, config, out, missing=list(result.crashed))
+    # every finished cell is on disk already (report): stopping early only has to say so
+    kept = lambda: f"{len(stored)} of {len(cells)} cells kept in {celldir}"   # noqa: E731
+    try:
+        _run_cells(todo, scheduler, workers, report)
+        result.rows = [row for cell in cells for row in stored.get(cell.key, [])]
+        result.failed = [c.key for c in cells if any(r.get("error") for r in stored.get(c.key, []))]
+        result.files = write_outputs(result.rows, cells, config, out, missing=list(result.crashed))
+    except KeyboardInterrupt:
+        raise SweepInterrupted(f"interrupted: {kept()}; rerun to resume", result) from None
+    except BrokenProcessPool as exc:
+        raise WorkerDied(f"a worker process died (killed, or out of memory?): {kept()}; "
+                         f"rerun to resume", result) from exc
     return result
 
 
+def _run_cells(todo, scheduler, workers, report) -> None:
+    """The cells not done yet: on Dask, in a local pool, or one by one in this process."""
+    if not todo:
+        return
+    if scheduler is not None:
+        _run_dask(todo, scheduler, report)
+    elif (workers or os.cpu_count() or 1) == 1 or len(todo) == 1:
+        for cell in todo:
+            try:
+                rows = run_cell(cell)
+            except Exception as exc:   # a bug in one cell: keep the others
+                report(cell, exc=exc)
+            else:
+                report(cell, rows)
+    else:
+        _run_pool(todo, min(workers or os.cpu_count() or 1, len(todo)), report)
+
+
 def _run_pool(todo, workers, report) -> None:
-    pool = ProcessPoolExecutor(workers)
+    pool = ProcessPoolExecutor(workers, initializer=_worker_signals)
+    futures, reported = {}, set()
     try:
         futures = {pool.submit(run_cell, cell): cell for cell in todo}
         for future in as_completed(futures):
-            try:
-                rows = future.result()
-            except Exception as exc:
-                report(futures[future], exc=exc)
-            else:
-                report(futures[future], rows)
-    finally:   # interrupted: drop the queued cells, let the running ones end
+            reported.add(future)
+            _report_future(future, futures[future], report)
+    except BaseException:
+        # Ctrl-C or a dead worker: stop now, not when the running cells end (their work is
+        # lost either way), drop the queued ones, and keep any that finished meanwhile
+        _stop_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)
+        for future, cell in futures.items():
+            if future not in reported and future.done() and not future.cancelled() \
+                    and future.exception() is None:
+                report(cell, future.result())
+        raise
+    pool.shutdown(wait=True)
+
+
+def _report_future(future, cell, report) -> None:
+    try:
+        rows = future.result()
+    except BrokenProcessPool:
+        raise   # not this cell's fault: every cell not yet finished fails with it
+    except Exception as exc:   # a bug in one cell: keep the others
+        report(cell, exc=exc)
+    else:
+        report(cell, rows)
+
+
+def _worker_signals() -> None:
+    """In each worker: Ctrl-C reaches the whole process group, and a worker waiting for a
+    cell would die of it with a traceback of its own; the sweep's process stops them, with
+    SIGTERM, which must kill (a handler the parent had, e.g. the command's, is inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop_workers(pool) -> None:
+    """Terminate the pool's processes: shutdown() alone waits for the running cells. Private,
+    but there from 3.8 to 3.14 (whose terminate_workers() would not wait for the pool to end);
+    without it the running cells are waited for, as before."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def _run_dask(todo, scheduler, report) -> None:
@@ -208,8 +282,12 @@ def _write_cell(celldir: Path, cell: Cell, rows) -> None:
     path = celldir / f"{cell.key}.json"
     tmp = celldir / f".{cell.key}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
     doc = dict(key=cell.key, allones_version=__version__, params=cell.params(), rows=rows)
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=1, default=str))
+        os.replace(tmp, path)
+    except BaseException:   # Ctrl-C or a full disk half-way: no stray temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---- outputs ------------------------------------------------------------------------------

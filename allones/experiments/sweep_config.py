@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -113,8 +114,14 @@ def load_config(config) -> SweepConfig:
     if isinstance(config, SweepConfig):
         return config
     source = None
+    if not isinstance(config, (Mapping, str, os.PathLike)):
+        raise TypeError(f"config: a path to a TOML file, a mapping or a SweepConfig, not "
+                        f"{type(config).__name__}")
     if not isinstance(config, Mapping):
-        source = Path(config).read_text()
+        try:
+            source = Path(config).read_text()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{config}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         try:
             config = tomllib.loads(source)
         except tomllib.TOMLDecodeError as exc:
@@ -219,7 +226,7 @@ def _scans(value) -> tuple[ScanSpec, ...]:
         table = _table(table, where)
         _fields(table, where, {"label", "scan", "mechanism", "options"}, {"scan"})
         name = table["scan"]
-        if name not in SCANS:
+        if not isinstance(name, str) or name not in SCANS:
             raise ValueError(f"{where}.scan: unknown scan {name!r}; one of {', '.join(SCANS)}")
         mechanism = table.get("mechanism", default_mechanism(name))
         if mechanism not in MECHANISMS:

@@ -52,7 +52,7 @@ import mmap
 
 from unicorn import (UC_ARCH_X86, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED, UC_HOOK_MEM_READ,
                      UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_PROT, UC_HOOK_MEM_WRITE_UNMAPPED,
-                     UC_MODE_64, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
+                     UC_MODE_64, UC_PROT_READ, UC_PROT_WRITE, UC_QUERY_ARCH, UC_QUERY_MODE, Uc, UcError)
 from unicorn.x86_const import UC_X86_REG_RIP
 
 from ..constants import KVM_MEM_ALLONES, PAGE_SHIFT, PAGE_SIZE
@@ -95,21 +95,39 @@ class EcamWindow:
         trace: record (address, size) of every guest read in the windows in `reads` (a read
             hook: slows reads of holes down to a callback each).
 
-    Raises ValueError for another backing, a v2 or accounting host, or a bad option.
+    Raises TypeError for arguments of the wrong type; ValueError for another backing, a v2
+    or accounting host, a bad option, an emulator that is not x86-64, or one that already maps
+    memory inside an ECAM window (the emulator is left as it was).
     """
 
     def __init__(self, vmm, uc: Uc | None = None, *, policy: str | None = None,
                  edges: str = "coalesce", trace: bool = False):
+        from ..vmm import Vmm
+        if not isinstance(vmm, Vmm):
+            raise TypeError(f"vmm must be an allones.vmm.Vmm, not {type(vmm).__name__}")
+        if uc is not None and not isinstance(uc, Uc):
+            raise TypeError(f"uc must be a unicorn.Uc, not {type(uc).__name__}")
+        if uc is not None and (uc.query(UC_QUERY_ARCH), uc.query(UC_QUERY_MODE)) != (UC_ARCH_X86, UC_MODE_64):
+            raise ValueError("uc must be an x86-64 emulator: Uc(UC_ARCH_X86, UC_MODE_64)")
+        if not isinstance(trace, bool):
+            raise TypeError(f"trace must be True or False, not {trace!r}")
         host = vmm.vm.host
         if vmm.backing != "allones" or host.allones_hva is None:
             raise ValueError("EcamWindow needs a Vmm with backing 'allones' on a Host(bit2='allones')")
         if not host.materialize:
             raise ValueError("EcamWindow needs a materialized Host (real memory behind the all-ones page)")
         policy = vmm.vm.prefault if policy is None else policy
-        if policy not in POLICIES:
+        if not isinstance(policy, str) or policy not in POLICIES:
             raise ValueError(f"policy={policy!r}: expected one of {POLICIES}")
-        if edges not in EDGES:
+        if not isinstance(edges, str) or edges not in EDGES:
             raise ValueError(f"edges={edges!r}: expected one of {EDGES}")
+        windows = [(s.window_start, s.window_end) for s in vmm.topology.segments]
+        if uc is not None:              # nothing of the caller's may lie in a window
+            for begin, end, _ in uc.mem_regions():
+                for start, stop in windows:
+                    if begin < stop and start <= end:
+                        raise ValueError(f"uc already maps [{begin:#x}, {end + 1:#x}), which overlaps the "
+                                         f"ECAM window [{start:#x}, {stop:#x})")
         self.vmm, self.vm, self.policy, self.edges = vmm, vmm.vm, policy, edges
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64) if uc is None else uc
         self.page_ptr = host.allones_hva                 # the host's one shared 0xff page
@@ -124,19 +142,24 @@ class EcamWindow:
         self._regions: dict[int, tuple[int, int]] = {}  # start -> (size, ptr)
         self._pending = None                            # a hole write waiting for run()
         self.windows = [(s.window_start, s.window_end) for s in vmm.topology.segments]
-        self.present = sorted(int(g) << PAGE_SHIFT for g in vmm._present_gfns)
-        for gpa in self.present:
-            self.uc.mmio_map(gpa, PAGE_SIZE, self._mmio_read, gpa, self._mmio_write, gpa)
-        self._hooks = [
-            self.uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED, self._on_read_fault),
-            self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_WRITE_UNMAPPED, self._on_write),
-        ]
-        if trace:
-            for start, end in self.windows:
-                self._hooks.append(self.uc.hook_add(UC_HOOK_MEM_READ, self._on_read, None, start, end - 1))
-        if policy == "eager":
-            for run in vmm.layout.runs:
-                self._map_run(run.gpa, run.size)
+        self.present, self._hooks = [], []
+        try:                            # all or nothing: a failure leaves the emulator as it was
+            for gpa in sorted(int(g) << PAGE_SHIFT for g in vmm._present_gfns):
+                self.uc.mmio_map(gpa, PAGE_SIZE, self._mmio_read, gpa, self._mmio_write, gpa)
+                self.present.append(gpa)
+            self._hooks += [
+                self.uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED, self._on_read_fault),
+                self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_WRITE_UNMAPPED, self._on_write),
+            ]
+            if trace:
+                for start, end in self.windows:
+                    self._hooks.append(self.uc.hook_add(UC_HOOK_MEM_READ, self._on_read, None, start, end - 1))
+            if policy == "eager":
+                for run in vmm.layout.runs:
+                    self._map_run(run.gpa, run.size)
+        except BaseException:
+            self.close()
+            raise
 
     # -- mapping holes --------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .ecam import Bdf, PciAddressError, Segment
+from .ecam import Bdf, PciAddressError, Segment, _broadcast, _int_array
 from .topology import Topology
 
 ACCESS_DTYPE = np.dtype([("segment", "<u2"), ("bus", "u1"), ("dev", "u1"), ("fn", "u1"),
@@ -44,18 +44,75 @@ def all_ones(size) -> int | np.ndarray:
 
 def accesses(segment, bus, dev, fn, reg, size, is_write=0, value=0, mech=MMCONFIG) -> np.ndarray:
     """An ACCESS_DTYPE array from scalars or equal-length arrays (broadcast), every field
-    checked: PciAddressError for a part out of range, ValueError for a bad size or mechanism."""
-    cols = np.broadcast_arrays(*(np.asarray(x) for x in (segment, bus, dev, fn, reg, size, is_write,
-                                                          mech, value)))
+    checked: TypeError for non-integers, PciAddressError for a part out of range, ValueError
+    for mismatched lengths, a bad size, an unaligned access, a value that does not fit its
+    size, or a bad flag or mechanism (see check_accesses)."""
+    names = ("segment", "bus", "dev", "fn", "reg", "size", "is_write", "mech", "value")
+    raw = (segment, bus, dev, fn, reg, size, is_write, mech, value)
+    cols = []
+    for name, x in zip(names, raw):
+        arr = np.asarray(x) if name == "is_write" else None
+        if arr is not None and arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        cols.append(_int_array(name, x if arr is None else arr, None if name in dict(_LIMITS) else ValueError))
+    cols = _broadcast(", ".join(names), *cols)
+    for name, col in zip(names, cols):
+        if col.size and col.min() < 0:
+            raise (PciAddressError if name in dict(_LIMITS) else ValueError)(
+                f"{name} has negative values (min {col.min()})")
     for (name, limit), col in zip(_LIMITS, cols):
-        if col.size and (col.min() < 0 or col.max() >= limit):
-            raise PciAddressError(f"{name} out of range 0..{limit - 1:#x}")
-    if not np.isin(cols[5], (1, 2, 4, 8)).all() or not np.isin(cols[7], (MMCONFIG, CONF1)).all():
-        raise ValueError("access sizes are 1, 2, 4 or 8 and mechanisms MMCONFIG or CONF1")
+        if col.size and col.max() >= limit:
+            raise PciAddressError(f"{name} out of range 0..{limit - 1:#x} (max {col.max():#x})")
     out = np.empty(cols[0].shape, dtype=ACCESS_DTYPE).reshape(-1)
-    for name, col in zip(("segment", "bus", "dev", "fn", "reg", "size", "is_write", "mech", "value"), cols):
+    for name, col in zip(names, cols):
+        if name in ("size", "is_write", "mech") and col.size and col.max() > 255:
+            raise ValueError(f"{name} {col.max()} out of range")
         out[name] = col.reshape(-1)
-    return out
+    return check_accesses(out)
+
+
+def check_accesses(batch, name: str = "accesses") -> np.ndarray:
+    """Check an ACCESS_DTYPE array before anything runs it; the array, unchanged.
+
+    TypeError unless a 1-D numpy array of ACCESS_DTYPE; ValueError for a size other than 1,
+    2, 4, 8, an access crossing the end of config space or not naturally aligned, is_write
+    other than 0/1, an unknown mechanism, a value that does not fit its size, or a conf1
+    access that conf1 cannot make (segment > 0 or register >= 0x100); PciAddressError for a
+    device or function out of range. The message names the first bad access's index."""
+    if not isinstance(batch, np.ndarray) or batch.dtype != ACCESS_DTYPE:
+        what = f"dtype {batch.dtype}" if isinstance(batch, np.ndarray) else type(batch).__name__
+        raise TypeError(f"{name} must be an ACCESS_DTYPE array (see accesses()), not {what}")
+    if batch.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {batch.shape}")
+    if not len(batch):
+        return batch
+    size, reg = batch["size"], batch["reg"].astype(np.int64)
+    value, conf1 = batch["value"], batch["mech"] == CONF1
+    checks = (
+        (batch["dev"] >= 32, PciAddressError, "device out of range 0..0x1f"),
+        (batch["fn"] >= 8, PciAddressError, "function out of range 0..0x7"),
+        (~np.isin(size, (1, 2, 4, 8)), ValueError, "size not 1, 2, 4 or 8"),
+        (reg + size > 4096, PciAddressError, "register past the 4 KiB of config space"),
+        (reg % np.maximum(size, 1) != 0, ValueError, "register not aligned to the size"),
+        (batch["is_write"] > 1, ValueError, "is_write not 0 or 1"),
+        (~np.isin(batch["mech"], (MMCONFIG, CONF1)), ValueError, "mechanism not MMCONFIG (0) or CONF1 (1)"),
+        ((size < 8) & (value >> (np.uint64(8) * np.minimum(size, 7).astype(np.uint64)) != 0), ValueError,
+         "value does not fit the size"),
+        (conf1 & ((batch["segment"] != 0) | (reg >= 0x100)), ValueError,
+         "conf1 reaches segment 0 and registers below 0x100 only"),
+    )
+    for bad, cls, what in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            a = batch[i]
+            raise cls(f"{name}[{i}]: {what} ({_describe(a)})")
+    return batch
+
+
+def _describe(a) -> str:
+    return (f"segment {int(a['segment'])}, bus {int(a['bus']):#x}, device {int(a['dev']):#x}, "
+            f"function {int(a['fn'])}, register {int(a['reg']):#x}, size {int(a['size'])}, "
+            f"is_write {int(a['is_write'])}, mech {int(a['mech'])}, value {int(a['value']):#x}")
 
 
 class ConfigCycles:
@@ -71,7 +128,9 @@ class ConfigCycles:
     """
 
     def __init__(self, topology: Topology, mechanism: str = "linux-x86-default"):
-        if mechanism not in MECHANISMS:
+        if not isinstance(topology, Topology):
+            raise TypeError(f"topology must be a Topology, not {type(topology).__name__}")
+        if not isinstance(mechanism, str) or mechanism not in MECHANISMS:
             raise ValueError(f"unknown mechanism {mechanism!r}; one of {', '.join(MECHANISMS)}")
         self.mechanism = mechanism
         self._windows = {s.segment: (s.start_bus, s.end_bus) for s in topology.segments}
@@ -199,6 +258,13 @@ class ScanResult:
     mechanism: str
     topology: Topology
     accesses: np.ndarray
+
+    def __post_init__(self):
+        if not isinstance(self.topology, Topology):
+            raise TypeError(f"topology must be a Topology, not {type(self.topology).__name__}")
+        if not isinstance(self.accesses, np.ndarray) or self.accesses.dtype != ACCESS_DTYPE \
+                or self.accesses.ndim != 1:
+            raise TypeError("accesses must be a 1-D ACCESS_DTYPE array")
 
     def __len__(self) -> int:
         return len(self.accesses)

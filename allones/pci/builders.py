@@ -10,13 +10,34 @@ PCIe capability there.
 
 from __future__ import annotations
 
+import math
+import numbers
+from pathlib import Path
+
 import numpy as np
 
-from .ecam import Bdf, Segment
+from .ecam import Bdf, Segment, _index
 from .topology import Q35_ECAM_BASE, Bar, BarKind, Function, PortType, Topology
 
 MEM32, MEM64, IO = BarKind.MEM32, BarKind.MEM64, BarKind.IO
 QEMU_SUBSYS = (0x1AF4, 0x1100)
+
+
+def _seed(seed) -> int:
+    """A seed for numpy's default_rng: a non-negative integer (TypeError/ValueError naming it)."""
+    seed = _index("seed", seed)
+    if seed < 0:
+        raise ValueError(f"seed {seed} must be a non-negative integer")
+    return seed
+
+
+def _segment(segment) -> Segment:
+    """The segment argument: None means q35's 256-bus window at 0xB0000000."""
+    if segment is None:
+        return Segment(Q35_ECAM_BASE)
+    if not isinstance(segment, Segment):
+        raise TypeError(f"segment must be a Segment, not {type(segment).__name__}")
+    return segment
 
 
 def _fn(seg, bus, dev, fn, **kw) -> Function:
@@ -89,9 +110,12 @@ def root_port_farm(nr_ports: int, empty_fraction: float = 0.5, seed: int = 0,
                    segment: Segment | None = None) -> Topology:
     """The q35 chipset plus `nr_ports` root ports (8 per device from 00:02), of which
     round(nr_ports * empty_fraction), chosen by `seed`, are empty hot-plug spares."""
+    nr_ports = _index("nr_ports", nr_ports)
+    if isinstance(empty_fraction, bool) or not isinstance(empty_fraction, numbers.Real):
+        raise TypeError(f"empty_fraction must be a number, not {type(empty_fraction).__name__}")
     if not 0 <= empty_fraction <= 1:
         raise ValueError(f"empty_fraction {empty_fraction} not in [0, 1]")
-    segment = segment or Segment(Q35_ECAM_BASE)
+    seed, segment = _seed(seed), _segment(segment)
     if not 0 <= nr_ports <= min(29 * 8, segment.end_bus - segment.start_bus):
         raise ValueError(f"{nr_ports} root ports do not fit 29 devices x 8 functions, "
                          f"or buses {segment.start_bus}..{segment.end_bus}")
@@ -112,8 +136,10 @@ def multi_segment(nr_segments: int = 2, nr_ports: int = 8, empty_fraction: float
                   seed: int = 0, base: int = 0x80_0000_0000) -> Topology:
     """Segment 0 is the q35 default at 0xB0000000; segments 1.. are root-port farms, each a
     256-bus window above 4 GiB from `base` (as a pxb-pcie or a second host bridge would be)."""
+    nr_segments, seed = _index("nr_segments", nr_segments), _seed(seed)
     if not 1 <= nr_segments <= 64:
         raise ValueError(f"nr_segments {nr_segments} not in 1..64")
+    base = _index("base", base)
     default = q35_default()
     functions, segments = list(default.functions), list(default.segments)
     for s in range(1, nr_segments):
@@ -128,8 +154,13 @@ def random_topology(seed: int, nr_root_devices: int = 8, max_depth: int = 3,
                     segment: Segment | None = None) -> Topology:
     """A seeded random tree: root-bus devices (some multifunction), root ports with endpoints
     or switches (an upstream port and downstream ports) behind them, some ports empty."""
+    seed, segment = _seed(seed), _segment(segment)
+    nr_root_devices, max_depth = _index("nr_root_devices", nr_root_devices), _index("max_depth", max_depth)
+    if not 0 <= nr_root_devices <= 29:
+        raise ValueError(f"nr_root_devices {nr_root_devices} not in 0..29 (devices 02..1e of the root bus)")
+    if max_depth < 0:
+        raise ValueError(f"max_depth {max_depth} is negative")
     rng = np.random.default_rng(seed)
-    segment = segment or Segment(Q35_ECAM_BASE)
     seg, root, kinds = segment.segment, segment.start_bus, list(ENDPOINTS)
     functions = q35_chipset(seg, root)
     next_bus = [segment.start_bus + 1]
@@ -169,7 +200,7 @@ def random_topology(seed: int, nr_root_devices: int = 8, max_depth: int = 3,
         ends = [f.subordinate for f in functions if f.is_bridge and f.bdf.bus == bus]
         return max([bus] + ends)
 
-    devs = sorted(rng.choice(np.arange(2, 31), size=min(nr_root_devices, 29), replace=False).tolist())
+    devs = sorted(rng.choice(np.arange(2, 31), size=nr_root_devices, replace=False).tolist())
     for dev in devs:
         if rng.random() < 0.5:
             for fn in range(int(rng.integers(1, 5))):
@@ -186,19 +217,48 @@ def random_topology(seed: int, nr_root_devices: int = 8, max_depth: int = 3,
 
 def from_spec(spec: str) -> Topology:
     """A topology by name: 'q35', 'farm:N[:EMPTY_FRACTION[:SEED]]', 'multi:SEGMENTS[:PORTS]',
-    'random:SEED', or a path to `lspci -n` / QEMU `info pci` text."""
-    name, _, rest = spec.partition(":")
-    args = [a for a in rest.split(":") if a] if rest else []
-    try:
-        if name == "q35" and not args:
-            return q35_default()
-        if name == "farm" and 1 <= len(args) <= 3:
-            return root_port_farm(*(f(a) for f, a in zip((int, float, int), args)))
-        if name == "multi" and 1 <= len(args) <= 2:
-            return multi_segment(*map(int, args))
-        if name == "random" and len(args) == 1:
-            return random_topology(int(args[0]))
-    except ValueError as exc:
-        raise ValueError(f"topology {spec!r}: {exc}") from None
+    'random:SEED', or a path to `lspci -n` / QEMU `info pci` text. ValueError naming the spec
+    for bad numbers in a spec; anything else is a file name (FileNotFoundError if there is
+    none, TopologyParseError for text that is not a topology)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a topology spec must be a str, not {type(spec).__name__}")
+    if not spec.strip():
+        raise ValueError(f"empty topology spec; one of {SPECS}, or a file")
+    name, colon, rest = spec.partition(":")
+    args = rest.split(":") if colon else []
+    if name in _BUILDERS:
+        parse, nargs = _BUILDERS[name]
+        if nargs[0] <= len(args) <= nargs[1] and all(args):
+            try:
+                return parse(args)
+            except ValueError as exc:
+                raise ValueError(f"topology {spec!r}: {exc}") from None
+        if not Path(spec).exists():     # else a file that happens to be named like a spec
+            raise FileNotFoundError(f"topology {spec!r}: No such file, and not of the form {_FORMS[name]}")
     from .parsers import read_topology   # a file
-    return read_topology(spec)
+    try:
+        return read_topology(spec)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"topology {spec!r}: No such file (nor a spec: {SPECS})") from None
+
+
+def _number(text: str, kind, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"{what} {text!r} is not finite")
+    return value
+
+
+_BUILDERS = {
+    "q35": (lambda a: q35_default(), (0, 0)),
+    "farm": (lambda a: root_port_farm(*(_number(x, k, w) for x, k, w in zip(
+        a, (int, float, int), ("ports", "empty fraction", "seed")))), (1, 3)),
+    "multi": (lambda a: multi_segment(*(_number(x, int, w) for x, w in zip(a, ("segments", "ports")))), (1, 2)),
+    "random": (lambda a: random_topology(_number(a[0], int, "seed")), (1, 1)),
+}
+_FORMS = {"q35": "'q35'", "farm": "'farm:N[:EMPTY_FRACTION[:SEED]]'", "multi": "'multi:SEGMENTS[:PORTS]'",
+          "random": "'random:SEED'"}
+SPECS = ", ".join(_FORMS.values())

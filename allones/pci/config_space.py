@@ -10,7 +10,7 @@ functions, an extended capability (AER) at 0x100. Reads past a conventional func
 
 from __future__ import annotations
 
-from .ecam import CONFIG_SPACE_SIZE, LEGACY_CONFIG_SPACE_SIZE
+from .ecam import CONFIG_SPACE_SIZE, LEGACY_CONFIG_SPACE_SIZE, Bdf, PciAddressError, _index
 from .topology import BarKind, Function, Topology
 
 # pci_regs.h offsets
@@ -36,6 +36,8 @@ class ConfigSpace:
     __slots__ = ("function", "size", "data", "wmask", "_bars")
 
     def __init__(self, function: Function, multifunction: bool):
+        if not isinstance(function, Function):
+            raise TypeError(f"function must be a Function, not {type(function).__name__}")
         self.function = function
         self.size = CONFIG_SPACE_SIZE if function.is_pcie else PCI_CFG_SPACE_SIZE
         self.data = bytearray(CONFIG_SPACE_SIZE)
@@ -119,14 +121,16 @@ class ConfigSpace:
 
     def read(self, reg: int, size: int) -> int:
         """Read `size` bytes at `reg` (all-ones past the function's config space size)."""
-        _check_access(reg, size)
+        reg, size = _check_access(reg, size)
         if reg + size > self.size:
             return (1 << 8 * size) - 1
         return int.from_bytes(self.data[reg:reg + size], "little")
 
     def write(self, reg: int, size: int, value: int) -> None:
-        """Write through the register masks; BAR and ROM registers keep their size bits."""
-        _check_access(reg, size)
+        """Write the low `size` bytes of `value` (a non-negative integer of 64 bits at most)
+        through the register masks; BAR and ROM registers keep their size bits."""
+        reg, size = _check_access(reg, size)
+        _check_value(value, size)
         if reg + size > self.size:
             return
         for i, byte in enumerate((value & ((1 << 8 * size) - 1)).to_bytes(size, "little")):
@@ -139,10 +143,29 @@ class ConfigSpace:
                 self.data[bar:bar + 4] = ((old & mask) | low).to_bytes(4, "little")
 
 
-def _check_access(reg: int, size: int) -> None:
+def _check_access(reg: int, size: int) -> tuple[int, int]:
+    """(reg, size) as ints; TypeError or ValueError naming them unless a size of 1, 2, 4 or 8
+    bytes at a register within the 4 KiB of config space."""
+    reg, size = _index("register", reg), _index("size", size)
     if size not in (1, 2, 4, 8) or not 0 <= reg <= CONFIG_SPACE_SIZE - size:
         raise ValueError(f"config access of {size} bytes at {reg:#x}: sizes are 1, 2, 4, 8 "
                          f"within {CONFIG_SPACE_SIZE:#x} bytes")
+    return reg, size
+
+
+def _check_value(value: int, size: int) -> int:
+    """value as an int of 64 bits at most (a write keeps its low `size` bytes)."""
+    value = _index("value", value)
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"value {value:#x} of a {size}-byte config write is negative or past 64 bits")
+    return value
+
+
+def _check_key(key: int) -> int:
+    key = _index("key", key)
+    if not 0 <= key < 1 << 32:
+        raise PciAddressError(f"key {key:#x} is not segment << 16 | bus << 8 | devfn")
+    return key
 
 
 class ConfigSpaces:
@@ -150,6 +173,8 @@ class ConfigSpaces:
     Bdf or by key (segment << 16 | bus << 8 | devfn)."""
 
     def __init__(self, topology: Topology):
+        if not isinstance(topology, Topology):
+            raise TypeError(f"topology must be a Topology, not {type(topology).__name__}")
         self.topology = topology
         self._functions = {f.bdf.key: f for f in topology}
         self._spaces = {}
@@ -166,15 +191,18 @@ class ConfigSpaces:
 
     def get(self, bdf) -> ConfigSpace | None:
         """The config space at a Bdf, or None for a hole."""
-        return self.get_key(bdf.key)
+        return self.get_key(_bdf(bdf).key)
 
     def read_key(self, key: int, reg: int, size: int) -> int:
         """What a config read returns: the register, or all-ones for a hole."""
+        key, (reg, size) = _check_key(key), _check_access(reg, size)   # before making a space
         space = self.get_key(key)
         return (1 << 8 * size) - 1 if space is None else space.read(reg, size)
 
     def write_key(self, key: int, reg: int, size: int, value: int) -> bool:
         """Apply a config write; False when it went to a hole (and was dropped)."""
+        key, (reg, size) = _check_key(key), _check_access(reg, size)   # before making a space
+        _check_value(value, size)
         space = self.get_key(key)
         if space is not None:
             space.write(reg, size, value)
@@ -182,9 +210,15 @@ class ConfigSpaces:
 
     def read(self, bdf, reg: int, size: int) -> int:
         """read_key() by Bdf."""
-        return self.read_key(bdf.key, reg, size)
+        return self.read_key(_bdf(bdf).key, reg, size)
 
     def write(self, bdf, reg: int, size: int, value: int) -> bool:
         """write_key() by Bdf."""
-        return self.write_key(bdf.key, reg, size, value)
+        return self.write_key(_bdf(bdf).key, reg, size, value)
+
+
+def _bdf(bdf) -> Bdf:
+    if not isinstance(bdf, Bdf):
+        raise TypeError(f"bdf must be a Bdf, not {type(bdf).__name__}")
+    return bdf
 

@@ -30,14 +30,48 @@ class PciAddressError(ValueError):
     """A bus, device, function, register or address outside what PCI (or the window) allows."""
 
 
-def _check(name: str, value, limit: int) -> int:
+def _index(name: str, value) -> int:
+    """value as an int (TypeError naming it for a float, a str, a bool, None...)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, not bool")
     try:
-        value = operator.index(value)
+        return operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+
+
+def _check(name: str, value, limit: int) -> int:
+    value = _index(name, value)
     if not 0 <= value < limit:
         raise PciAddressError(f"{name} {value:#x} out of range 0..{limit - 1:#x}")
     return value
+
+
+def _int_array(name: str, values, too_big=None) -> np.ndarray:
+    """values as an integer numpy array: TypeError naming `name` for floats, strings,
+    booleans or objects; `too_big` (default PciAddressError) for Python integers past 64 bits."""
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as exc:     # ragged nesting
+        raise TypeError(f"{name} must be integers: {exc}") from None
+    if arr.dtype == object:                     # Python ints past int64, or mixed objects
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in arr.reshape(-1).tolist()):
+            raise TypeError(f"{name} must be integers, got dtype object")
+        raise (too_big or PciAddressError)(f"{name} has values past 64 bits")
+    if arr.size == 0 and arr.dtype.kind == "f":   # np.asarray([]) is float64
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    return arr
+
+
+def _broadcast(names: str, *arrays) -> list[np.ndarray]:
+    """np.broadcast_arrays, with a ValueError naming the arrays for mismatched lengths."""
+    try:
+        return np.broadcast_arrays(*arrays)
+    except ValueError:
+        shapes = ", ".join(str(a.shape) for a in arrays)
+        raise ValueError(f"{names}: arrays of mismatched lengths (shapes {shapes})") from None
 
 
 @dataclass(frozen=True, order=True)
@@ -72,6 +106,8 @@ class Bdf:
     @classmethod
     def parse(cls, text: str) -> Bdf:
         """'0000:00:1f.3' or '00:1f.3' (segment 0), as lspci prints them."""
+        if not isinstance(text, str):
+            raise TypeError(f"a PCI address to parse must be a str, not {type(text).__name__}")
         m = cls._PATTERN.match(text.strip())
         if not m:
             raise PciAddressError(f"not a PCI address [[segment:]bus:dev.fn]: {text!r}")
@@ -95,8 +131,11 @@ class Segment:
             object.__setattr__(self, field, _check(name, getattr(self, field), limit))
         if self.end_bus < self.start_bus:
             raise PciAddressError(f"end bus {self.end_bus:#x} below start bus {self.start_bus:#x}")
-        if self.base % (1 << BUS_SHIFT) or self.window_end > 1 << 64:
-            raise PciAddressError(f"ECAM base {self.base:#x} not 1 MiB aligned within 64 bits")
+        if self.base % (1 << BUS_SHIFT):
+            raise PciAddressError(f"ECAM base {self.base:#x} not 1 MiB aligned")
+        if self.window_end > 1 << 64:
+            raise PciAddressError(f"ECAM window of base {self.base:#x} and end bus {self.end_bus:#x} "
+                                  "ends past 64 bits")
 
     @property
     def window_start(self) -> int:
@@ -134,7 +173,7 @@ class Segment:
 
     def decode(self, gpa: int) -> tuple[Bdf, int]:
         """(Bdf, reg) of a guest-physical address inside the window."""
-        gpa = int(gpa)
+        gpa = _index("gpa", gpa)
         if not self.window_start <= gpa < self.window_end:
             raise PciAddressError(f"gpa {gpa:#x} outside segment {self.segment}'s ECAM window "
                                   f"[{self.window_start:#x}, {self.window_end:#x})")
@@ -144,19 +183,22 @@ class Segment:
 
     def gpas(self, bus, dev, fn, reg=0) -> np.ndarray:
         """Vectorised gpa(): numpy arrays (or scalars) in, uint64 gpas out, checked."""
-        parts = [np.asarray(x, dtype=np.int64) for x in (bus, dev, fn, reg)]
-        for name, arr, lo, hi in zip(("bus", "device", "function", "register"), parts,
-                                     (self.start_bus, 0, 0, 0),
+        names = ("bus", "device", "function", "register")
+        parts = _broadcast("bus, device, function, register",
+                           *(_int_array(n, x) for n, x in zip(names, (bus, dev, fn, reg))))
+        for name, arr, lo, hi in zip(names, parts, (self.start_bus, 0, 0, 0),
                                      (self.end_bus + 1, NR_DEVS, NR_FNS, CONFIG_SPACE_SIZE)):
             if arr.size and (arr.min() < lo or arr.max() >= hi):
                 raise PciAddressError(f"{name} out of range {lo:#x}..{hi - 1:#x} in segment "
                                       f"{self.segment}")
-        bus, dev, fn, reg = parts
+        bus, dev, fn, reg = (a.astype(np.int64) for a in parts)
         off = bus << BUS_SHIFT | dev << DEV_SHIFT | fn << FN_SHIFT | reg
         return (np.uint64(self.base) + off.astype(np.uint64)).astype(np.uint64)
 
     def page_index(self, bdf: Bdf) -> int:
         """Index of bdf's config page from the window's start (pages are 4 KiB)."""
+        if not isinstance(bdf, Bdf):
+            raise TypeError(f"bdf must be a Bdf, not {type(bdf).__name__}")
         return (self.gpa(bdf.bus, bdf.dev, bdf.fn) - self.window_start) >> FN_SHIFT
 
 

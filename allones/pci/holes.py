@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..constants import KVM_USER_MEM_SLOTS, PAGE_SHIFT
+from .ecam import _index
 from .topology import Topology
 
 
@@ -23,6 +24,9 @@ class MemslotBudgetError(ValueError):
         super().__init__(f"the hole layout needs {needed} memslots, more than the budget of {budget} "
                          "(each run of holes between present functions needs its own slot)")
         self.needed, self.budget = needed, budget
+
+    def __reduce__(self):          # picklable (a process pool sends errors back)
+        return type(self), (self.needed, self.budget)
 
 
 @dataclass(frozen=True)
@@ -64,19 +68,24 @@ class HoleLayout:
 
 def present_gfns(topology: Topology) -> np.ndarray:
     """Guest frame numbers of every present function's config page, sorted."""
+    _check_topology(topology)
     return np.sort(np.concatenate([(seg.window_start >> PAGE_SHIFT) + present_pages(topology, seg.segment)
                                    for seg in topology.segments]).astype(np.uint64))
 
 
 def present_pages(topology: Topology, segment: int) -> np.ndarray:
     """Sorted page indices (from the window start) of the segment's present functions."""
-    seg = topology.segment(segment)
+    seg = _check_topology(topology).segment(segment)
     return np.array(sorted(seg.page_index(f.bdf) for f in topology if f.bdf.segment == segment),
                     dtype=np.int64)
 
 
 def hole_layout(topology: Topology, budget: int = KVM_USER_MEM_SLOTS) -> HoleLayout:
     """Maximal runs of holes in every segment; MemslotBudgetError past `budget` slots."""
+    _check_topology(topology)
+    budget = _index("budget", budget)
+    if budget < 0:
+        raise ValueError(f"budget {budget} is negative")
     runs, present, total = [], 0, 0
     for seg in topology.segments:
         pages = present_pages(topology, seg.segment)
@@ -92,3 +101,9 @@ def hole_layout(topology: Topology, budget: int = KVM_USER_MEM_SLOTS) -> HoleLay
     if len(runs) > budget:
         raise MemslotBudgetError(len(runs), budget)
     return HoleLayout(tuple(runs), present, total)
+
+
+def _check_topology(topology) -> Topology:
+    if not isinstance(topology, Topology):
+        raise TypeError(f"topology must be a Topology, not {type(topology).__name__}")
+    return topology

@@ -31,9 +31,13 @@ KNOWN_BRIDGES = {
 class TopologyParseError(ValueError):
     """Text that is not a topology; `.line` is the 1-based line number (0: the whole text)."""
 
-    def __init__(self, line: int, message: str):
-        super().__init__(f"line {line}: {message}" if line else message)
-        self.line = line
+    def __init__(self, line: int, message: str, source: str | None = None):
+        text = f"line {line}: {message}" if line else message
+        super().__init__(text if source is None else f"{source}: {text}")
+        self.line, self.source, self.detail = line, source, message
+
+    def __reduce__(self):          # picklable (a process pool sends errors back)
+        return type(self), (self.line, self.detail, self.source)
 
 
 # -- lspci -n -------------------------------------------------------------------------------
@@ -45,13 +49,14 @@ _LSPCI = re.compile(r"^(?P<bdf>(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}
 
 def parse_lspci(text: str, name: str = "lspci") -> Topology:
     """`lspci -n` (or `-nD`) lines: `[dddd:]bb:dd.f cccc: vvvv:dddd [(rev rr)] [(prog-if pp)]`."""
+    _check_text(text)
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         m = _LSPCI.match(line.strip())
         if not m:
-            raise TopologyParseError(lineno, f"not an `lspci -n` line: {line.strip()!r}")
+            raise TopologyParseError(lineno, f"not an `lspci -n` line: {line.strip()[:120]!r}")
         try:
             bdf = Bdf.parse(m["bdf"])
         except PciAddressError as exc:
@@ -100,8 +105,15 @@ def _walk(seg, bus, parent_type, next_bus, by_bus, out, numbered):
                 out.append(Function(bdf, header_type=1, secondary=secondary, subordinate=next_bus[0], **kw))
             else:
                 out.append(Function(bdf, **kw))
+        except TopologyParseError:
+            raise
         except ValueError as exc:
             raise TopologyParseError(lineno, str(exc)) from None
+
+
+def _check_text(text) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__} (read_topology() reads files)")
 
 
 def format_lspci(topology: Topology) -> str:
@@ -116,15 +128,15 @@ def format_lspci(topology: Topology) -> str:
 
 # -- QEMU info pci --------------------------------------------------------------------------
 
-_HEAD = re.compile(r"^\s*Bus\s+(\d+), device\s+(\d+), function (\d+):\s*$")
-_CLASS = re.compile(r"^\s*(?:Class (\d+)|(.+?)): PCI device ([0-9a-f]{4}):([0-9a-f]{4})\s*$")
+_HEAD = re.compile(r"^\s*Bus\s+(\d{1,9}), device\s+(\d{1,9}), function (\d{1,9}):\s*$")
+_CLASS = re.compile(r"^\s*(?:Class (\d{1,9})|(.+?)): PCI device ([0-9a-f]{4}):([0-9a-f]{4})\s*$")
 _BAR = re.compile(r"^\s*BAR(\d): (?:I/O at (0x[0-9a-f]+) \[(0x[0-9a-f]+)\]|(32|64) bit( prefetchable)? "
                   r"memory at (0x[0-9a-f]+) \[(0x[0-9a-f]+)\])\.\s*$")
 _FIELDS = {
     "subsystem": re.compile(r"^\s*PCI subsystem ([0-9a-f]{4}):([0-9a-f]{4})\s*$"),
-    "primary": re.compile(r"^\s*BUS (\d+)\.\s*$"),
-    "secondary": re.compile(r"^\s*secondary bus (\d+)\.\s*$"),
-    "subordinate": re.compile(r"^\s*subordinate bus (\d+)\.\s*$"),
+    "primary": re.compile(r"^\s*BUS (\d{1,9})\.\s*$"),
+    "secondary": re.compile(r"^\s*secondary bus (\d{1,9})\.\s*$"),
+    "subordinate": re.compile(r"^\s*subordinate bus (\d{1,9})\.\s*$"),
 }
 _IGNORED = re.compile(r"^\s*(IRQ \d+.*|(IO|memory|prefetchable memory) range \[.*\]|id \".*\"|\(qemu\).*)\s*$")
 _CLASS_BY_NAME = {}
@@ -140,6 +152,7 @@ def parse_info_pci(text: str, name: str = "info-pci") -> Topology:
     the expansion ROM; a function with bridge lines is a type 1 header. Port types: a bridge on
     bus 0 is a root port, other functions are conventional PCI unless behind a bridge.
     """
+    _check_text(text)
     records, cur = [], None
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or _IGNORED.match(line):
@@ -150,11 +163,13 @@ def parse_info_pci(text: str, name: str = "info-pci") -> Topology:
             records.append(cur)
             continue
         if cur is None:
-            raise TopologyParseError(lineno, f"expected '  Bus N, device N, function N:', got {line.strip()!r}")
+            raise TopologyParseError(lineno, f"expected '  Bus N, device N, function N:', got {line.strip()[:120]!r}")
         _info_pci_line(cur, lineno, line)
     if not records:
         raise TopologyParseError(0, "no functions in the text")
-    parents = {r["secondary"]: r for r in records if "secondary" in r}
+    # a bridge whose secondary bus is not above its own is refused by Function(); leaving it
+    # out here keeps _port_type() from looping on a cycle of bridges
+    parents = {r["secondary"]: r for r in records if r.get("secondary", -1) > r["bus"]}
     functions = [_info_pci_function(r, parents) for r in records]
     return _checked(functions, [r["line"] for r in records], dict(name=name))
 
@@ -208,6 +223,8 @@ def _info_pci_line(cur, lineno, line):
     if m:
         index = int(m[1])
         start, end = (int(m[2], 16), int(m[3], 16)) if m[2] else (int(m[6], 16), int(m[7], 16))
+        if max(start, end) >> 64:
+            raise TopologyParseError(lineno, f"BAR{index} address {max(start, end):#x} does not fit 64 bits")
         size = (end - start + 1) % (1 << 64)
         try:
             if index == 6:
@@ -225,7 +242,7 @@ def _info_pci_line(cur, lineno, line):
         if m:
             cur[key] = (int(m[1], 16), int(m[2], 16)) if key == "subsystem" else int(m[1])
             return
-    raise TopologyParseError(lineno, f"not an `info pci` line: {line.strip()!r}")
+    raise TopologyParseError(lineno, f"not an `info pci` line: {line.strip()[:120]!r}")
 
 
 def _info_pci_function(r, parents) -> Function:
@@ -277,11 +294,21 @@ def _info_pci_bus(topology, bus, out):
 
 
 def read_topology(path: str | Path) -> Topology:
-    """A topology from a file of `info pci` or `lspci -n` text (told apart by content)."""
-    text = Path(path).read_text()
-    if "PCI device" in text:                        # every `info pci` record has it
-        return parse_info_pci(text, name=Path(path).stem)
-    return parse_lspci(text, name=Path(path).stem)
+    """A topology from a file of `info pci` or `lspci -n` text (told apart by content).
+    TopologyParseError (naming the file and line) for text that is not a topology, OSError
+    if the file cannot be read."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, not {type(path).__name__}")
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as exc:
+        raise TopologyParseError(0, f"not text ({exc.reason} at byte {exc.start})", str(path)) from None
+    try:
+        if "PCI device" in text:                        # every `info pci` record has it
+            return parse_info_pci(text, name=Path(path).stem)
+        return parse_lspci(text, name=Path(path).stem)
+    except TopologyParseError as exc:
+        raise TopologyParseError(exc.line, exc.detail, str(path)) from None
 
 
 __all__ = ["TopologyParseError", "parse_lspci", "format_lspci", "parse_info_pci", "format_info_pci",

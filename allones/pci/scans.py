@@ -8,13 +8,15 @@ Linux's scans are in linux.py; here are the ones that are not Linux.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 
 import numpy as np
 
 from . import linux
 from .access import ConfigCycles, ScanResult, SpacesResponder, drive
 from .config_space import ConfigSpaces
-from .ecam import Bdf, NR_DEVS, NR_FNS
+from .ecam import Bdf, NR_DEVS, NR_FNS, _index
 from .topology import Topology
 
 
@@ -114,11 +116,51 @@ def default_mechanism(name: str) -> str:
     return "linux-x86-default" if name.startswith("linux-") else "mmconfig"
 
 
+def _int_option(lo: int, hi: int | None = None):
+    def check(name, value):
+        value = _index(name, value)
+        if hi is None and value < lo:
+            raise ValueError(f"{name} {value} must be at least {lo}")
+        if hi is not None and not lo <= value <= hi:
+            raise ValueError(f"{name} {value} not in {lo}..{hi}")
+    return check
+
+
+def _fraction(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise ValueError(f"{name} {value} not in [0, 1]")
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+
+
+def _cpu(name, value):
+    if not isinstance(value, str) or value not in linux.CPUS:
+        raise ValueError(f"unknown {name} {value!r}; one of {', '.join(linux.CPUS)}")
+
+
+#: option -> check(name, value): every scan's options, checked before the scan starts
+OPTION_CHECKS = {
+    "max_buses": _int_option(1, 256), "passes": _int_option(1), "count": _int_option(0),
+    "write_fraction": _fraction, "cpu": _cpu, "last_bus": _int_option(-1, 255),
+    "pcie_scan_all": _flag,
+}
+
+
 def scan_program(topology: Topology, name: str, mechanism: str = "linux-x86-default",
                  seed: int = 0, **options):
-    """(ConfigCycles, generator) of the named scan; ValueError for unknown names or options."""
-    if name not in SCANS:
+    """(ConfigCycles, generator) of the named scan; ValueError for unknown names or options,
+    and TypeError or ValueError naming an option or the seed whose value is bad (checked
+    here, before the scan starts)."""
+    if not isinstance(name, str) or name not in SCANS:
         raise ValueError(f"unknown scan {name!r}; one of {', '.join(SCANS)}")
+    seed = _index("seed", seed)
+    if seed < 0:
+        raise ValueError(f"seed {seed} must be a non-negative integer")
     cycles = ConfigCycles(topology, mechanism)
     program = SCANS[name]
     allowed = set(inspect.signature(program).parameters) - {"cycles", "topology", "rng"}
@@ -126,6 +168,8 @@ def scan_program(topology: Topology, name: str, mechanism: str = "linux-x86-defa
     if unknown:
         raise ValueError(f"scan {name!r} takes no option {', '.join(sorted(unknown))} "
                          f"(it takes: {', '.join(sorted(allowed)) or 'none'})")
+    for key, value in options.items():
+        OPTION_CHECKS[key](key, value)
     return cycles, program(cycles, topology, np.random.default_rng(seed), **options)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
-from .ecam import Bdf, PciAddressError, Segment
+from .ecam import Bdf, PciAddressError, Segment, _index
 
 Q35_ECAM_BASE = 0xB000_0000   # QEMU q35: MCH_HOST_BRIDGE_PCIEXBAR_DEFAULT
 
@@ -46,6 +46,12 @@ class Bar:
     prefetchable: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "size", _index("BAR size", self.size))
+        try:
+            object.__setattr__(self, "kind", BarKind(self.kind))
+        except ValueError:
+            raise ValueError(f"BAR kind {self.kind!r} is not one of "
+                             f"{', '.join(f'{k.name} ({k.value})' for k in BarKind)}") from None
         low = 4 if self.kind == BarKind.IO else 16
         limit = 1 << 64 if self.kind == BarKind.MEM64 else 1 << 32
         if self.size & (self.size - 1) or not low <= self.size <= limit // 2:
@@ -104,12 +110,24 @@ class Function:
     name: str = ""
 
     def __post_init__(self):
-        for what, v, bits in (("vendor", self.vendor, 16), ("device", self.device, 16),
-                              ("class code", self.class_code, 24), ("revision", self.revision, 8)):
-            if not 0 <= v < 1 << bits:
-                raise ValueError(f"{self.bdf}: {what} {v:#x} does not fit {bits} bits")
-        if self.vendor in (0xFFFF, 0x0000):
-            raise ValueError(f"{self.bdf}: vendor {self.vendor:#06x} means 'no function'")
+        if not isinstance(self.bdf, Bdf):
+            raise TypeError(f"a Function's bdf must be a Bdf, not {type(self.bdf).__name__}")
+        for field_, what in (("vendor", "vendor"), ("device", "device"), ("class_code", "class code"),
+                             ("revision", "revision"), ("header_type", "header type"),
+                             ("rom_size", "ROM size")):
+            object.__setattr__(self, field_, _index(f"{self.bdf}: {what}", getattr(self, field_)))
+        for field_ in ("secondary", "subordinate"):
+            if getattr(self, field_) is not None:
+                object.__setattr__(self, field_, _index(f"{self.bdf}: {field_} bus", getattr(self, field_)))
+        self._check_ids()
+        if self.port_type is not None:
+            try:
+                object.__setattr__(self, "port_type", PortType(self.port_type))
+            except ValueError:
+                raise ValueError(f"{self.bdf}: port type {self.port_type!r} is not a PortType "
+                                 f"({', '.join(f'{t.name} ({t.value:#x})' for t in PortType)})") from None
+        if self.multifunction not in (None, True, False):
+            raise TypeError(f"{self.bdf}: multifunction must be None, True or False, not {self.multifunction!r}")
         if self.header_type not in (0, 1):
             raise ValueError(f"{self.bdf}: header type {self.header_type} (0 or 1 modeled)")
         self._check_bars()
@@ -120,10 +138,30 @@ class Function:
             raise ValueError(f"{self.bdf}: bus numbers need bus < secondary <= subordinate <= 255, "
                              f"got {self.bdf.bus}, {self.secondary}, {self.subordinate}")
 
+    def _check_ids(self):
+        for what, v, bits in (("vendor", self.vendor, 16), ("device", self.device, 16),
+                              ("class code", self.class_code, 24), ("revision", self.revision, 8)):
+            if not 0 <= v < 1 << bits:
+                raise ValueError(f"{self.bdf}: {what} {v:#x} does not fit {bits} bits")
+        if self.vendor in (0xFFFF, 0x0000):
+            raise ValueError(f"{self.bdf}: vendor {self.vendor:#06x} means 'no function'")
+        sub = self.subsystem
+        if not isinstance(sub, tuple) or len(sub) != 2:
+            raise TypeError(f"{self.bdf}: subsystem must be a (vendor, device) pair, not {sub!r}")
+        sub = tuple(_index(f"{self.bdf}: subsystem {what}", v) for what, v in zip(("vendor", "device"), sub))
+        if not all(0 <= v <= 0xFFFF for v in sub):
+            raise ValueError(f"{self.bdf}: subsystem {sub[0]:#x}:{sub[1]:#x} does not fit 16 bits each")
+        object.__setattr__(self, "subsystem", sub)
+
     def _check_bars(self):
         nr = 2 if self.is_bridge else 6
         used = set()
-        for index, bar in self.bars:
+        for entry in self.bars:
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], Bar)):
+                raise TypeError(f"{self.bdf}: each BAR must be an (index, Bar) pair, not {entry!r}")
+            index, bar = _index(f"{self.bdf}: BAR index", entry[0]), entry[1]
+            if index < 0:
+                raise ValueError(f"{self.bdf}: BAR index {index} is negative")
             span = {index, index + 1} if bar.kind == BarKind.MEM64 else {index}
             if max(span) >= nr or span & used:
                 raise ValueError(f"{self.bdf}: BAR{index} overlaps another or passes BAR{nr - 1}")
@@ -162,6 +200,11 @@ class Topology:
     name: str = ""
 
     def __post_init__(self):
+        self.functions = _items("functions", self.functions, Function, "Function")
+        self.segments = _items("segments", self.segments, Segment, "Segment")
+        if not self.segments:
+            raise ValueError("a topology needs at least one ECAM segment")
+        self.extra_roots = _roots(self.extra_roots)
         self.functions = sorted(self.functions, key=lambda f: f.bdf)
         self._by_bdf = {}
         for f in self.functions:
@@ -235,10 +278,13 @@ class Topology:
 
     def get(self, bdf: Bdf) -> Function | None:
         """The function at bdf, or None for a hole."""
+        if not isinstance(bdf, Bdf):
+            raise TypeError(f"bdf must be a Bdf, not {type(bdf).__name__}")
         return self._by_bdf.get(bdf)
 
     def segment(self, number: int) -> Segment:
         """The segment numbered `number` (PciAddressError if none)."""
+        number = _index("segment", number)
         try:
             return self._segments[number]
         except KeyError:
@@ -249,8 +295,11 @@ class Topology:
         return sorted({(s.segment, s.start_bus) for s in self.segments} | set(self.extra_roots))
 
     def is_multifunction(self, bdf: Bdf) -> bool:
-        """The multifunction bit (bit 7 of PCI_HEADER_TYPE) as `bdf` reports it."""
-        f = self._by_bdf[bdf]
+        """The multifunction bit (bit 7 of PCI_HEADER_TYPE) as `bdf` reports it (ValueError
+        for a hole: nothing reports it)."""
+        f = self.get(bdf)
+        if f is None:
+            raise ValueError(f"{bdf}: no function there (a hole has no header type)")
         if f.multifunction is not None:
             return f.multifunction
         return any(Bdf(bdf.segment, bdf.bus, bdf.dev, fn) in self._by_bdf
@@ -272,6 +321,7 @@ class Topology:
         (a smaller window: Linux then scans fewer buses); ValueError if a function or a
         bridge's buses would fall outside."""
         seg = self.segment(segment)
+        nr_buses = _index("nr_buses", nr_buses)
         if not 1 <= nr_buses <= 256 - seg.start_bus:
             raise PciAddressError(f"{nr_buses} buses do not fit from bus {seg.start_bus:#x}")
         smaller = replace(seg, end_bus=seg.start_bus + nr_buses - 1)
@@ -304,6 +354,29 @@ class Topology:
             lines.append(f"{indent}{'└─' if last else '├─'} {_describe(f, self.is_multifunction(f.bdf))}")
             if f.is_bridge:
                 self._tree_bus(lines, segment, f.secondary, indent + ("   " if last else "│  "))
+
+
+def _items(what: str, values, cls, cls_name: str) -> list:
+    """values as a list of `cls` instances (TypeError naming the first that is not)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{what} must be a list of {cls_name}s, not {type(values).__name__}")
+    values = list(values)
+    for i, v in enumerate(values):
+        if not isinstance(v, cls):
+            raise TypeError(f"{what}[{i}] must be a {cls_name}, not {type(v).__name__}")
+    return values
+
+
+def _roots(extra_roots) -> tuple[tuple[int, int], ...]:
+    """extra_roots as (segment, bus) pairs of ints."""
+    if isinstance(extra_roots, (str, bytes)) or not hasattr(extra_roots, "__iter__"):
+        raise TypeError(f"extra_roots must be (segment, bus) pairs, not {type(extra_roots).__name__}")
+    out = []
+    for i, pair in enumerate(extra_roots):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"extra_roots[{i}] must be a (segment, bus) pair, not {pair!r}")
+        out.append((_index(f"extra_roots[{i}] segment", pair[0]), _index(f"extra_roots[{i}] bus", pair[1])))
+    return tuple(out)
 
 
 def _describe(f: Function, multifunction: bool) -> str:

@@ -13,31 +13,38 @@ Writes to the 'serial' region rebuild the console text, which tells firmware fro
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .access import (ACCESS_DTYPE, CONF1, MMCONFIG, PCI_CONF1_ADDRESS_PORT, PCI_CONF1_DATA_PORT,
-                     ScanResult)
+                     ScanResult, check_accesses)
 from .ecam import PciAddressError, Segment, ecam_offset
 from .topology import Q35_ECAM_BASE, Topology
 
 MMCFG_REGION = "pcie-mmcfg-mmio"
 _LINE = re.compile(r"^(?:\S+?:)?memory_region_ops_(read|write) cpu \d+ mr 0x[0-9a-f]+ addr (0x[0-9a-f]+) "
-                   r"value (0x[0-9a-f]+) size (\d+) name '([^']*)'\s*$")
+                   r"value (0x[0-9a-f]+) size (\d{1,9}) name '([^']*)'\s*$")
 _UART_THR, _UART_LCR, _UART_LCR_DLAB = 0x3F8, 0x3FB, 0x80
 
 
 class TraceParseError(ValueError):
-    """A trace line that cannot be what it claims; `.line` is its 1-based number."""
+    """A trace line that cannot be what it claims; `.line` is its 1-based number (0: the
+    whole source), `.source` the file it came from (None for text)."""
 
-    def __init__(self, line: int, message: str):
-        super().__init__(f"line {line}: {message}")
-        self.line = line
+    def __init__(self, line: int, message: str, source: str | None = None):
+        text = f"line {line}: {message}" if line else message
+        super().__init__(text if source is None else f"{source}: {text}")
+        self.line, self.source, self.detail = line, source, message
+
+    def __reduce__(self):          # picklable (a process pool sends errors back)
+        return type(self), (self.line, self.detail, self.source)
 
 
 @dataclass
@@ -72,29 +79,78 @@ class Trace:
         return ScanResult(f"{name}:{which}", mech, topology, acc)
 
 
-def _open_text(source) -> io.TextIOBase:
+def _open_text(source) -> io.IOBase:
     """A Path, or a one-line str naming a file, is read (gunzipped if .gz); other text is
     the data itself. A one-line str that is neither a file nor data (no ',' and no
     'memory_region_ops_') is taken for a missing file: FileNotFoundError."""
     if not isinstance(source, (str, Path)):
         raise TypeError(f"expected a path or text, got {type(source).__name__}")
+    if isinstance(source, str) and not source.strip():
+        raise ValueError("empty source: neither a file name nor trace text")
+    if _source_name(source) is not None:
+        path = Path(source)       # bytes: _lines() decodes each line, to name a bad one
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    return io.StringIO(source)
+
+
+def _source_name(source) -> str | None:
+    """The file a source names (see _open_text), or None for text."""
     text = str(source)
     if isinstance(source, Path) or ("\n" not in text and (Path(text).is_file() or not (
             "," in text or "memory_region_ops_" in text))):
-        path = Path(source)
-        return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
-    return io.StringIO(text)
+        return text
+    return None
 
 
+def _lines(f, name):
+    """The lines of an open source; undecodable bytes or a broken gzip stream become a
+    TraceParseError at the line they are on."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(f, 1):
+            yield line if isinstance(line, str) else line.decode()
+    except UnicodeDecodeError as exc:
+        raise TraceParseError(lineno, f"not UTF-8 text ({exc.reason} at column {exc.start + 1})", name) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise TraceParseError(lineno + 1, f"not a readable gzip file ({exc})", name) from None
+
+
+def _segment(segment) -> Segment:
+    if segment is None:
+        return Segment(Q35_ECAM_BASE)
+    if not isinstance(segment, Segment):
+        raise TypeError(f"segment must be a Segment, not {type(segment).__name__}")
+    return segment
+
+
+def _naming_source(parse):
+    """parse(source, ...) whose TraceParseErrors name the file `source` names."""
+    @functools.wraps(parse)
+    def wrapper(source, *args, **kwargs):
+        try:
+            return parse(source, *args, **kwargs)
+        except TraceParseError as exc:
+            name = _source_name(source)
+            if exc.source is not None or name is None:
+                raise
+            raise TraceParseError(exc.line, exc.detail, name) from None
+    return wrapper
+
+
+@_naming_source
 def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG_REGION) -> Trace:
     """Read a QEMU trace log (path, .gz path or text): MMCONFIG accesses to `region` inside
     `segment`'s window (default: q35's, 0xB0000000, buses 0-255), conf1 cycles through
-    0xCF8/0xCFC, and the serial console. Other lines are skipped."""
-    segment = segment or Segment(Q35_ECAM_BASE)
+    0xCF8/0xCFC, and the serial console. Other lines are skipped. TraceParseError names the
+    line of anything malformed: a size other than 1, 2, 4, 8, an address or value past 64
+    bits, an ECAM access outside the window or not naturally aligned."""
+    segment = _segment(segment)
+    if not isinstance(region, str):
+        raise TypeError(f"region must be a str, not {type(region).__name__}")
     rows, lines, console = [], [], []
     latch, lcr, last_mmcfg, linux_at = 0, 0, -1, None
     with _open_text(source) as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in enumerate(_lines(f, _source_name(source)), 1):
             if "memory_region_ops_" not in line:
                 continue
             m = _LINE.match(line)
@@ -103,6 +159,9 @@ def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG
             op, addr, value, size, name = m[1], int(m[2], 16), int(m[3], 16), int(m[4]), m[5]
             if size not in (1, 2, 4, 8):
                 raise TraceParseError(lineno, f"access size {size}")
+            for what, number in (("addr", addr), ("value", value)):
+                if number >> 64:
+                    raise TraceParseError(lineno, f"{what} {number:#x} does not fit 64 bits")
             is_write = op == "write"
             value &= (1 << 8 * size) - 1
             if name == region:
@@ -110,6 +169,8 @@ def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG
                     bdf, reg = segment.decode(addr)
                 except PciAddressError as exc:
                     raise TraceParseError(lineno, str(exc)) from None
+                if reg % size:
+                    raise TraceParseError(lineno, f"ECAM access of {size} bytes at {addr:#x} is not aligned")
                 rows.append((bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, int(is_write), MMCONFIG, value))
                 lines.append(lineno)
                 last_mmcfg = len(rows)
@@ -121,6 +182,9 @@ def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG
                     raise TraceParseError(lineno, f"pci-conf-data access at port {addr:#x}")
                 if latch & 0x8000_0000:
                     reg = (latch & 0xFC) + (addr - PCI_CONF1_DATA_PORT)
+                    if reg % size:
+                        raise TraceParseError(lineno, f"conf1 access of {size} bytes at port {addr:#x} "
+                                              "is not aligned")
                     rows.append((0, latch >> 16 & 0xFF, latch >> 11 & 31, latch >> 8 & 7, reg, size,
                                  int(is_write), CONF1, value))
                     lines.append(lineno)
@@ -138,16 +202,27 @@ def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG
     return Trace(acc, np.array(lines, dtype=np.int64), start, "".join(console))
 
 
+@_naming_source
 def parse_csv(source, segment: Segment | None = None) -> Trace:
     """CSV rows `op,offset,size,value` (op: r/read or w/write; offset from the window's bus-0
-    base; numbers decimal or 0x-hex; an optional header row) as MMCONFIG accesses."""
-    segment = segment or Segment(Q35_ECAM_BASE)
-    rows, lines = [], []
+    base; numbers decimal or 0x-hex; an optional header row, first but for comments) as
+    MMCONFIG accesses. TraceParseError names the line of anything malformed."""
+    segment = _segment(segment)
+    rows, lines, first = [], [], True
     with _open_text(source) as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
+        reader, lineno = csv.reader(_lines(f, _source_name(source))), 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise TraceParseError(lineno + 1, f"not CSV: {exc}") from None
+            lineno += 1
             if not row or row[0].strip().startswith("#"):
                 continue
-            if lineno == 1 and row[0].strip().lower() == "op":
+            header, first = first and row[0].strip().lower() == "op", False
+            if header:
                 continue
             if len(row) != 4:
                 raise TraceParseError(lineno, f"expected op,offset,size,value; got {len(row)} fields")
@@ -157,7 +232,7 @@ def parse_csv(source, segment: Segment | None = None) -> Trace:
             try:
                 offset, size, value = (int(x.strip(), 0) for x in row[1:])
             except ValueError:
-                raise TraceParseError(lineno, f"not numbers: {','.join(row[1:])!r}") from None
+                raise TraceParseError(lineno, f"not numbers: {','.join(row[1:])[:120]!r}") from None
             if size not in (1, 2, 4, 8) or offset % size:
                 raise TraceParseError(lineno, f"size {size} at offset {offset:#x}: sizes are 1, 2, 4, 8, aligned")
             if value < 0 or value >> 8 * size:
@@ -174,6 +249,7 @@ def parse_csv(source, segment: Segment | None = None) -> Trace:
 
 def format_csv(accesses: np.ndarray) -> str:
     """MMCONFIG accesses as `op,offset,size,value` CSV (the inverse of parse_csv)."""
+    check_accesses(accesses)
     out = ["op,offset,size,value"]
     for a in accesses[accesses["mech"] == MMCONFIG]:
         offset = ecam_offset(int(a["bus"]), int(a["dev"]), int(a["fn"]), int(a["reg"]))
@@ -183,7 +259,10 @@ def format_csv(accesses: np.ndarray) -> str:
 
 def read_trace(path, segment: Segment | None = None) -> Trace:
     """A QEMU trace log or a CSV file (told apart by the name: .csv, .csv.gz);
-    FileNotFoundError if there is no such file."""
+    FileNotFoundError if there is no such file; TraceParseError (naming the file and line)
+    for what is not a trace."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, not {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no trace file {path}")
