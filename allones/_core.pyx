@@ -32,14 +32,20 @@ cdef uint64_t u64_arg(object value, str name) except? 0xFFFFFFFFFFFFFFFF:
     """An integer argument that must fit a __u64. Cython's own conversion would truncate a
     float silently and raise OverflowError; this gives TypeError for anything that is not
     an integer and ValueError, naming the argument, for one out of range."""
-    value = int_arg(value, name)
-    if not 0 <= value <= 0xFFFFFFFFFFFFFFFF:
-        raise ValueError(f"{name}={value:#x} does not fit a __u64")
-    return value
+    cdef uint64_t v
+    if type(value) is not int:
+        value = int_arg(value, name)
+    try:
+        v = value   # C conversion: OverflowError for negative or wider than 64 bits
+    except OverflowError:
+        raise ValueError(f"{name}={value:#x} does not fit a __u64") from None
+    return v
 
 
 cdef object int_arg(object value, str name):
     """value as a Python int (operator.index: ints, numpy ints and bools, not floats)."""
+    if type(value) is int:
+        return value
     try:
         return operator.index(value)
     except TypeError:

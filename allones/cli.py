@@ -318,7 +318,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="directory for the results (default: the config's out)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run the cells on this dask.distributed scheduler (default: local processes)")
-    p.add_argument("--workers", type=int, help="local processes (default: the CPUs)")
+    p.add_argument("--workers", type=_int_in(1), help="local processes (default: the CPUs)")
     args = parser.parse_args(argv)
     commands = {"compare": compare, "demo": lambda a, o: demo(o), "topology": topology_show,
                 "scan": scan, "trace": trace_import, "sweep": sweep}

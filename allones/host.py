@@ -46,7 +46,9 @@ class Host:
             raise ValueError(f"phys_bits={phys_bits}: expected 13..48")
         self.bit2 = bit2
         self.phys_bits = phys_bits
-        self.materialize = bool(materialize)
+        if not isinstance(materialize, bool):   # "no" would be true
+            raise TypeError(f"materialize must be True or False, not {materialize!r}")
+        self.materialize = materialize
         self._next_pfn = FIRST_PFN
         self._mappings: dict[int, _core.HostMapping] = {}
         self._vms = weakref.WeakSet()

@@ -26,7 +26,7 @@ from .errors import NoMemory
 from .pci.access import (ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, SpacesResponder, check_accesses,
                          drive, gpas_of, recorded_answers)
 from .pci.config_space import ConfigSpaces
-from .pci.ecam import PciAddressError, _index
+from .pci.ecam import CONFIG_SPACE_SIZE, FN_SHIFT, PciAddressError, _index
 from .pci.holes import HoleLayout, hole_layout, present_gfns
 from .pci.scans import plan_scan, scan_program
 from .pci.topology import Topology
@@ -183,12 +183,15 @@ class Vmm:
         """KVM_EXIT_MMIO in an ECAM window: emulate a present function; holes all-ones."""
         for seg in self.topology.segments:
             if seg.window_start <= gpa < seg.window_end:
-                bdf, reg = seg.decode(gpa)
+                # The engine checked the access (size, alignment within the page), so the
+                # offset decodes straight to a key (segment << 16 | bus << 8 | devfn) and reg.
+                off = gpa - seg.base
+                key, reg = seg.segment << 16 | off >> FN_SHIFT, off & (CONFIG_SPACE_SIZE - 1)
                 self.mmio_emulated += 1
                 if is_write:
-                    self.spaces.write(bdf, reg, size, value)
+                    self.spaces._write_key(key, reg, size, value)
                     return None
-                return self.spaces.read(bdf, reg, size)
+                return self.spaces._read_key(key, reg, size)
         return None
 
     def conf1(self, batch: np.ndarray) -> np.ndarray:

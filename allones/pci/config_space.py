@@ -121,7 +121,9 @@ class ConfigSpace:
 
     def read(self, reg: int, size: int) -> int:
         """Read `size` bytes at `reg` (all-ones past the function's config space size)."""
-        reg, size = _check_access(reg, size)
+        return self._read(*_check_access(reg, size))
+
+    def _read(self, reg: int, size: int) -> int:
         if reg + size > self.size:
             return (1 << 8 * size) - 1
         return int.from_bytes(self.data[reg:reg + size], "little")
@@ -130,7 +132,9 @@ class ConfigSpace:
         """Write the low `size` bytes of `value` (a non-negative integer of 64 bits at most)
         through the register masks; BAR and ROM registers keep their size bits."""
         reg, size = _check_access(reg, size)
-        _check_value(value, size)
+        self._write(reg, size, _check_value(value, size))
+
+    def _write(self, reg: int, size: int, value: int) -> None:
         if reg + size > self.size:
             return
         for i, byte in enumerate((value & ((1 << 8 * size) - 1)).to_bytes(size, "little")):
@@ -196,16 +200,23 @@ class ConfigSpaces:
     def read_key(self, key: int, reg: int, size: int) -> int:
         """What a config read returns: the register, or all-ones for a hole."""
         key, (reg, size) = _check_key(key), _check_access(reg, size)   # before making a space
-        space = self.get_key(key)
-        return (1 << 8 * size) - 1 if space is None else space.read(reg, size)
+        return self._read_key(key, reg, size)
 
     def write_key(self, key: int, reg: int, size: int, value: int) -> bool:
         """Apply a config write; False when it went to a hole (and was dropped)."""
         key, (reg, size) = _check_key(key), _check_access(reg, size)   # before making a space
-        _check_value(value, size)
+        return self._write_key(key, reg, size, _check_value(value, size))
+
+    # Unchecked: for accesses the engine decoded from a checked gpa (Vmm.handle_mmio) or
+    # that check_accesses() passed, so an exit costs no argument checks.
+    def _read_key(self, key: int, reg: int, size: int) -> int:
+        space = self.get_key(key)
+        return (1 << 8 * size) - 1 if space is None else space._read(reg, size)
+
+    def _write_key(self, key: int, reg: int, size: int, value: int) -> bool:
         space = self.get_key(key)
         if space is not None:
-            space.write(reg, size, value)
+            space._write(reg, size, value)
         return space is not None
 
     def read(self, bdf, reg: int, size: int) -> int:

@@ -32,6 +32,8 @@ class PciAddressError(ValueError):
 
 def _index(name: str, value) -> int:
     """value as an int (TypeError naming it for a float, a str, a bool, None...)."""
+    if type(value) is int:   # the common case, first: exits call this per access
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, not bool")
     try:

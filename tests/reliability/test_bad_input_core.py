@@ -300,6 +300,7 @@ def test_objects_of_the_wrong_type(world):
     unchanged(world, lambda: allones.VM(None), TypeError, "allones.Host")
     unchanged(world, lambda: vm.memslots().translate(None, np.zeros(1, np.uint64), False), TypeError, "mm")
     unchanged(world, lambda: _core.HostMM([1]), TypeError, "HostMapping")
+    unchanged(world, lambda: allones.Host(materialize="no"), TypeError, "materialize")
 
 
 def test_mmap_alias_past_max_map_count(world):
