@@ -41,6 +41,7 @@ cdef struct stage2:
     int32_t nr_free
     int32_t root                  # index of the level-4 table
     int64_t table_pages[PT_LEVELS + 1]   # live table pages by level, [1]..[4]
+    int64_t max_pages             # live table pages allowed: the VM's page-table memory limit
 
 cdef struct mmu_config:
     int prefault                  # prefault_policy

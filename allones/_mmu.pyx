@@ -57,10 +57,15 @@ cdef inline gfn_t entry_pages(int level) noexcept nogil:
 
 
 cdef int32_t s2_alloc(stage2 *s2, int level, run_stats *st) noexcept nogil:
-    """A zeroed table page of `level`; its index, or -1 (ENOMEM)."""
+    """A zeroed table page of `level`; its index, or -1 (ENOMEM): out of memory, or past
+    max_pages, as a VM whose page tables are charged to a memory cgroup (the kernel
+    allocates them GFP_KERNEL_ACCOUNT) gets -ENOMEM from its page fault. The limit also
+    keeps the pool's int32 indices from overflowing."""
     cdef int32_t idx
     cdef s2_table **grown
     cdef int32_t *grown_free
+    if s2.table_pages[1] + s2.table_pages[2] + s2.table_pages[3] + s2.table_pages[4] >= s2.max_pages:
+        return -1
     if s2.nr_free == 0:
         grown = <s2_table **>realloc(s2.pages, 2 * s2.capacity * sizeof(s2_table *))
         if grown == NULL:
@@ -105,6 +110,7 @@ cdef int s2_init(stage2 *s2) noexcept nogil:
     s2.free_slots = <int32_t *>malloc(s2.capacity * sizeof(int32_t))
     for i in range(PT_LEVELS + 1):
         s2.table_pages[i] = 0
+    s2.max_pages = PT_LEVELS      # the root now; the owner sets the limit it wants
     if s2.pages == NULL or s2.free_slots == NULL:
         return -ENOMEM
     for i in range(s2.capacity):
@@ -377,39 +383,34 @@ cdef int map_allones(run_ctx *r, const kvm_memory_slot *slot, gfn_t gfn) noexcep
     cdef gfn_t slot_end = slot.base_gfn + slot.npages
     cdef uint64_t entries = 0, pages_before = r.st.table_pages_allocated
     cdef bint whole = r.cfg.prefault == PREFAULT_WHOLE_SLOT
-    cdef int rc
+    cdef int rc = 0
     if whole:
         lo, hi = slot.base_gfn, slot_end
     if r.cfg.allones_map == ALLONES_MAP_HUGEPAGE and r.cfg.allones_huge_hva == 0 and \
             has_whole_region(lo, hi, slot.base_gfn, slot_end):
         return NEED_HUGEPAGE   # made on first use: the caller makes it and retries
     g = lo
-    while g < hi:
+    while g < hi and rc >= 0:     # ENOMEM part-way: what was mapped stays, and is counted
         region = g & ~(<gfn_t>PAGES_PER_HPAGE - 1)
         if r.cfg.allones_map != ALLONES_MAP_4K and region >= slot.base_gfn and \
                 region + PAGES_PER_HPAGE <= slot_end:
             rc = s2_map_2m(r.s2, region, allones_region_spte(&r.cfg),
                            allones_region_data(&r.cfg), &r.st)
             r.used_shared_pt |= rc == 0 and r.cfg.allones_map == ALLONES_MAP_SHARED_PT
+            entries += rc == 0
             g = region + PAGES_PER_HPAGE
         else:
             chunk_end = min(hi, region + PAGES_PER_HPAGE)
-            while g < chunk_end:
+            while g < chunk_end and rc >= 0:
                 rc = s2_map_4k(r.s2, g, (r.cfg.allones_pfn << SPTE_ADDR_SHIFT) | SPTE_PRESENT,
                                r.cfg.allones_hva, False, &r.st)
-                if rc < 0:
-                    return rc
                 entries += rc == 0
                 g += 1
-            continue
-        if rc < 0:
-            return rc
-        entries += rc == 0
     if whole:
         r.st.prefaulted += entries - 1 if entries else 0
         if r.st.table_pages_allocated - pages_before > <uint64_t>RFC_TOPUP_TABLE_PAGES:
             r.st.rfc_topup_shortfall += r.st.table_pages_allocated - pages_before - RFC_TOPUP_TABLE_PAGES
-    return 0
+    return rc if rc < 0 else 0
 
 
 cdef enum:
@@ -648,11 +649,14 @@ class RunStopped(Exception):
 cdef class Stage2:
     """One address space's stage-2 table, with its table-page counts."""
 
-    def __cinit__(self, int as_id=0):
+    def __cinit__(self, int as_id=0, int64_t max_pages=1 << 17):
         self.as_id = as_id
+        if max_pages < PT_LEVELS:
+            raise ValueError(f"max_pages={max_pages}: a walk needs {PT_LEVELS} table pages")
         if s2_init(&self.c):
             s2_destroy(&self.c)
             raise MemoryError()
+        self.c.max_pages = max_pages
 
     def __dealloc__(self):
         s2_destroy(&self.c)

@@ -49,6 +49,12 @@ PROT_WRITE = _mmap.PROT_WRITE
 # do_mmap() fails with ENOMEM past it): USHRT_MAX - MAPCOUNT_ELF_CORE_MARGIN (5).
 DEFAULT_MAX_MAP_COUNT = 65535 - 5
 
+# Stage-2 table pages a VM may have live per address space, as a memory cgroup limits the
+# page tables KVM charges to it (GFP_KERNEL_ACCOUNT): past it a fault fails with ENOMEM
+# instead of taking the host's memory. 2^17 pages (512 MiB of tables) map 256 GiB at 4 KiB;
+# a whole-slot prefault of one 2^31-page all-ones slot would need 4M pages.
+DEFAULT_MAX_TABLE_PAGES = 1 << 17
+
 EINVAL = _errno.EINVAL
 EEXIST = _errno.EEXIST
 EFAULT = _errno.EFAULT

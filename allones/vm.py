@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _core, _mmu
-from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_CAP_ALLONES_MEM, KVM_CAP_MULTI_ADDRESS_SPACE,
+from .constants import (DEFAULT_MAX_TABLE_PAGES, KVM_ADDRESS_SPACE_NUM, KVM_CAP_ALLONES_MEM, KVM_CAP_MULTI_ADDRESS_SPACE,
                         KVM_CAP_NR_MEMSLOTS, KVM_CAP_PCI_HOLE_MEM, KVM_CAP_READONLY_MEM,
                         KVM_CAP_SYNC_MMU, KVM_CAP_USER_MEMORY, KVM_MEM_ALLONES,
                         KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_MAX_NR_PAGES, KVM_USER_MEM_SLOTS,
@@ -84,7 +84,8 @@ class VM(_core.VMCore):
     memslots generation in one step: readers see the old table or the new, never a mix.
     """
 
-    def __init__(self, host: Host, *, prefault: str = "on-demand", allones_map: str = "4k"):
+    def __init__(self, host: Host, *, prefault: str = "on-demand", allones_map: str = "4k",
+                 max_table_pages: int = DEFAULT_MAX_TABLE_PAGES):
         """Args:
             host: the Host the VM runs on.
             prefault: "on-demand" (a fault maps one page) or "whole-slot" (the series'
@@ -93,6 +94,10 @@ class VM(_core.VMCore):
                 shared level-1 table of 512 entries to the 0xff page, per host) or
                 "hugepage" (a shared 2 MiB all-ones page, 2 MiB entries); the last two
                 where a slot covers an aligned 2 MiB region.
+            max_table_pages: live stage-2 table pages allowed per address space (4 at
+                least), as a memory cgroup limits the page tables KVM charges to the VM:
+                a fault past it fails with ENOMEM (`run` raises NoMemory) rather than
+                taking the host's memory.
         """
         if not isinstance(host, Host):
             raise TypeError(f"host must be an allones.Host, not {type(host).__name__}")
@@ -100,11 +105,12 @@ class VM(_core.VMCore):
             raise ValueError(f"prefault={prefault!r}: expected one of {PREFAULT_POLICIES}")
         if allones_map not in ALLONES_MAPS:
             raise ValueError(f"allones_map={allones_map!r}: expected one of {ALLONES_MAPS}")
+        max_table_pages = _field("max_table_pages", max_table_pages, 63)
+        self._stage2 = [_mmu.Stage2(as_id, max_table_pages) for as_id in range(KVM_ADDRESS_SPACE_NUM)]
         self.host = host
         self.prefault, self.allones_map = prefault, allones_map
         self._configure(host.pci_hole, host.phys_bits)
-        host._register_vm(self, allones_map)
-        self._stage2 = [_mmu.Stage2(as_id) for as_id in range(KVM_ADDRESS_SPACE_NUM)]
+        host._register_vm(self, allones_map)   # last: munmap's notifier may call us from now on
 
     def _mmu_config(self) -> dict:
         """What the engine needs to know of this VM and its host, as it is now."""

@@ -83,3 +83,31 @@ def test_runs_and_memslot_updates_from_threads():
         t.join(timeout=60)
     assert not errors
     assert vm.table_pages() == vm.recount_table_pages()
+
+
+@pytest.mark.parametrize("allones_map", ["4k", "shared-pt"])
+def test_a_whole_slot_prefault_past_the_table_limit_is_enomem_not_the_oom_killer(allones_map):
+    """Found by the fuzzer: one read of a 2^31-page all-ones slot under whole-slot prefault
+    wanted 4M table pages (32 GiB here) and got the process OOM-killed. Past
+    max_table_pages the fault fails with ENOMEM; what was mapped stays and is counted."""
+    host = allones.Host()
+    vm = allones.VM(host, prefault="whole-slot", allones_map=allones_map, max_table_pages=64)
+    npages = (1 << 31) - 1
+    vm.set_user_memory_region(1, KVM_MEM_ALLONES, 1 << 40, npages * PAGE_SIZE, 0)
+    with pytest.raises(allones.NoMemory) as exc:
+        vm.read(1 << 40)
+    assert exc.value.errno == 12 and exc.value.index == 0 and exc.value.stats["accesses"] == 0
+    assert sum(vm.table_pages()) == 64 == sum(vm.recount_table_pages())
+    st = exc.value.stats
+    assert st["mapped_4k"] + st["mapped_2m"] > 0 and st["table_pages_allocated"] == 63
+    # The VM still works: other accesses run, and deleting the slot frees its tables.
+    assert vm.read(0) == 0xFFFFFFFF
+    vm.set_user_memory_region(1, KVM_MEM_ALLONES, 0, 0, 0)
+    assert vm.table_pages() == (0, 0, 0, 1)
+
+
+def test_max_table_pages_is_checked():
+    host = allones.Host()
+    for bad, exc in [(3, ValueError), (-1, ValueError), (1.5, TypeError)]:
+        with pytest.raises(exc, match="max_table_pages|max_pages"):
+            allones.VM(host, max_table_pages=bad)
