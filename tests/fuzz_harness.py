@@ -153,7 +153,10 @@ class Case:
         if not b.flag():   # well-formed: few ids, small gfns, so slots collide and move
             slot = b.pick((0, 0, 1)) << 16 | b.below(8)
             flags = b.pick(GOOD_FLAGS)
-            gpa, size = b.below(64) * PAGE_SIZE, b.below(24) * PAGE_SIZE
+            # pages mostly (slots collide), else 2 MiB or 1 GiB apart: more table pages,
+            # 2 MiB leaves, and the page-table limit (max_table_pages) reached
+            gpa = b.below(64) * b.pick((PAGE_SIZE, PAGE_SIZE, 2 << 20, 1 << 30))
+            size = b.below(24) * b.pick((PAGE_SIZE, PAGE_SIZE, 2 << 20))
             hva = 0 if flags & KVM_MEM_ALLONES else self.hva()
         else:              # anything, with the rules' edges
             slot = b.pick((0, 1, 2, 0x7FFF, 0xFFFF)) << 16 | b.pick(
