@@ -199,8 +199,9 @@ class Log:
     def prune(self):
         """Forget states no reader can ask about any more (the grace period)."""
         with self.cond:
+            # A reader that holds next asks from `started` - 1 >= done - 1: keep that too.
             floor = min(self.holds.values(), default=self.done)
-            floor = min(floor, self.done)
+            floor = min(floor, self.done - 1)
             if floor <= self.pruned:
                 return
             gen_floor, mm_floor = self.states[floor]
