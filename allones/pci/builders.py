@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .ecam import Bdf, Segment, _index
-from .topology import Q35_ECAM_BASE, Bar, BarKind, Function, PortType, Topology
+from .topology import Bar, BarKind, Function, PortType, Topology, _segment
 
 MEM32, MEM64, IO = BarKind.MEM32, BarKind.MEM64, BarKind.IO
 QEMU_SUBSYS = (0x1AF4, 0x1100)
@@ -29,15 +29,6 @@ def _seed(seed) -> int:
     if seed < 0:
         raise ValueError(f"seed {seed} must be a non-negative integer")
     return seed
-
-
-def _segment(segment) -> Segment:
-    """The segment argument: None means q35's 256-bus window at 0xB0000000."""
-    if segment is None:
-        return Segment(Q35_ECAM_BASE)
-    if not isinstance(segment, Segment):
-        raise TypeError(f"segment must be a Segment, not {type(segment).__name__}")
-    return segment
 
 
 def _fn(seg, bus, dev, fn, **kw) -> Function:

@@ -28,8 +28,9 @@ KNOWN_BRIDGES = {
 }
 
 
-class TopologyParseError(ValueError):
-    """Text that is not a topology; `.line` is the 1-based line number (0: the whole text)."""
+class ParseError(ValueError):
+    """Text that cannot be read; `.line` is the 1-based line number (0: the whole text),
+    `.source` the file it came from (None for text), `.detail` the message alone."""
 
     def __init__(self, line: int, message: str, source: str | None = None):
         text = f"line {line}: {message}" if line else message
@@ -38,6 +39,10 @@ class TopologyParseError(ValueError):
 
     def __reduce__(self):          # picklable (a process pool sends errors back)
         return type(self), (self.line, self.detail, self.source)
+
+
+class TopologyParseError(ParseError):
+    """Text that is not a topology (lspci or `info pci`)."""
 
 
 # -- lspci -n -------------------------------------------------------------------------------

@@ -15,6 +15,16 @@ from .ecam import Bdf, PciAddressError, Segment, _index
 Q35_ECAM_BASE = 0xB000_0000   # QEMU q35: MCH_HOST_BRIDGE_PCIEXBAR_DEFAULT
 
 
+def _segment(segment) -> Segment:
+    """A segment argument of the builders and trace readers: None means q35's 256-bus
+    window at 0xB0000000."""
+    if segment is None:
+        return Segment(Q35_ECAM_BASE)
+    if not isinstance(segment, Segment):
+        raise TypeError(f"segment must be a Segment, not {type(segment).__name__}")
+    return segment
+
+
 class PortType(IntEnum):
     """PCI_EXP_TYPE_* (include/uapi/linux/pci_regs.h): the PCIe capability's port type."""
 

@@ -26,7 +26,8 @@ import numpy as np
 from .access import (ACCESS_DTYPE, CONF1, MMCONFIG, PCI_CONF1_ADDRESS_PORT, PCI_CONF1_DATA_PORT,
                      ScanResult, check_accesses)
 from .ecam import PciAddressError, Segment, ecam_offset
-from .topology import Q35_ECAM_BASE, Topology
+from .parsers import ParseError
+from .topology import Topology, _segment
 
 MMCFG_REGION = "pcie-mmcfg-mmio"
 _LINE = re.compile(r"^(?:\S+?:)?memory_region_ops_(read|write) cpu \d+ mr 0x[0-9a-f]+ addr (0x[0-9a-f]+) "
@@ -34,17 +35,8 @@ _LINE = re.compile(r"^(?:\S+?:)?memory_region_ops_(read|write) cpu \d+ mr 0x[0-9
 _UART_THR, _UART_LCR, _UART_LCR_DLAB = 0x3F8, 0x3FB, 0x80
 
 
-class TraceParseError(ValueError):
-    """A trace line that cannot be what it claims; `.line` is its 1-based number (0: the
-    whole source), `.source` the file it came from (None for text)."""
-
-    def __init__(self, line: int, message: str, source: str | None = None):
-        text = f"line {line}: {message}" if line else message
-        super().__init__(text if source is None else f"{source}: {text}")
-        self.line, self.source, self.detail = line, source, message
-
-    def __reduce__(self):          # picklable (a process pool sends errors back)
-        return type(self), (self.line, self.detail, self.source)
+class TraceParseError(ParseError):
+    """A trace line that cannot be what it claims (`.line`, `.source`: see ParseError)."""
 
 
 @dataclass
@@ -113,14 +105,6 @@ def _lines(f, name):
         raise TraceParseError(lineno, f"not UTF-8 text ({exc.reason} at column {exc.start + 1})", name) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise TraceParseError(lineno + 1, f"not a readable gzip file ({exc})", name) from None
-
-
-def _segment(segment) -> Segment:
-    if segment is None:
-        return Segment(Q35_ECAM_BASE)
-    if not isinstance(segment, Segment):
-        raise TypeError(f"segment must be a Segment, not {type(segment).__name__}")
-    return segment
 
 
 def _naming_source(parse):

@@ -8,11 +8,11 @@ import tomllib
 
 import pytest
 
-from allones import cli
 from allones.experiments.compare import ScanSpec, compare
 from allones.experiments.costmodel import CostModel
 from allones.experiments.strategies import Strategy, get_strategy
 from allones.experiments.sweep_config import SweepConfig, load_config
+from cli_run import run_cli   # tests/reliability/cli_run.py
 
 ONE_SCAN = (ScanSpec("bf", "brute-force", "mmconfig"),)
 
@@ -257,15 +257,6 @@ def test_sweep_config_bad_files(tmp_path):
 def test_sweep_config_bad_values(sweep, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raises(ValueError, match, load_config, {"sweep": sweep})
-
-
-def run_cli(capsys, *argv):
-    try:
-        rc = cli.main(list(argv))
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.mark.parametrize("argv, rc, says", [

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from allones import VM, Host, cli
+from allones import VM, Host
 from allones.pci.access import ACCESS_DTYPE, CONF1, ScanResult, accesses, check_accesses
 from allones.pci.builders import from_spec, multi_segment, q35_chipset, q35_default, random_topology, root_port_farm
 from allones.pci.config_space import ConfigSpace, ConfigSpaces
@@ -20,6 +20,7 @@ from allones.pci.scans import plan_scan, scan_program
 from allones.pci.topology import Bar, Function, Topology
 from allones.pci.traces import TraceParseError, format_csv, parse_csv, parse_qemu_trace, read_trace
 from allones.vmm import Vmm
+from cli_run import run_cli   # tests/reliability/cli_run.py
 
 Q35 = q35_default()
 SEG = Segment(0xB000_0000, end_bus=15)
@@ -617,15 +618,6 @@ def test_ecam_window_refusals_leave_the_emulator_unchanged(uc_vmm):
         assert list(uc.mem_regions()) == before
     window = EcamWindow(uc_vmm)                                   # the VMM is still usable
     window.close()
-
-
-def run_cli(capsys, *argv):
-    try:
-        rc = cli.main(list(argv))
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.mark.parametrize("argv, rc, says", [
