@@ -241,7 +241,13 @@ def sweep(args, out) -> int:
     # SIGTERM (timeout, a batch system, docker stop) stops the sweep as Ctrl-C does: by default
     # it kills this process alone, and the pool's workers would wait for cells forever
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
+    stopped_by = [signal.SIGINT]
+
+    def on_sigterm(signum, frame):
+        stopped_by[0] = signal.SIGTERM
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
@@ -255,7 +261,7 @@ def sweep(args, out) -> int:
         return 1
     except KeyboardInterrupt as exc:   # SweepInterrupted says how many cells are kept
         print(f"allones: {str(exc) or 'interrupted'}", file=sys.stderr)
-        return 130   # 128 + SIGINT, as a shell reports it
+        return 128 + stopped_by[0]   # 130 or 143, as a shell reports a death by that signal
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -235,7 +235,7 @@ def test_sigterm_stops_the_sweep_and_its_workers(config, tmp_path):
         wait_for_cells(proc, out / "cells")
         pool = workers_of(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)
-        check_stopped(proc, out / "cells", config, pool, 130, "allones: interrupted: ")
+        check_stopped(proc, out / "cells", config, pool, 143, "allones: interrupted: ")
 
 
 def test_a_failing_cell_in_the_pool_loses_only_itself(tmp_path):
