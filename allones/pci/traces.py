@@ -253,3 +253,33 @@ def read_trace(path, segment: Segment | None = None) -> Trace:
     if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
         return parse_csv(path, segment)
     return parse_qemu_trace(path, segment)
+
+
+@dataclass
+class Capture:
+    """A recorded boot made ready to replay: the trace, the topology it ran on, and the
+    chosen part of it as a ScanResult (what Vmm.replay and the fleets take)."""
+
+    trace: Trace
+    topology: Topology
+    scan: ScanResult
+    part: str
+
+
+def load_capture(path, topology=None, part: str = "all", *, ecam_base: int | None = None,
+                 strict: bool = False) -> Capture:
+    """Read a capture (QEMU log or CSV) and the topology it ran on.
+
+    topology: a Topology, a spec for builders.from_spec (a builder or a file of `info pci` /
+    `lspci -n` text), or None to infer the present functions from the log's pci_cfg_*
+    responder events (ValueError naming the `topology` option when the log has none)."""
+    from .builders import from_spec
+    if topology is None:
+        raise ValueError("the log has no pci_cfg_* responder events to infer the present functions "
+                         "from: give a topology (--topology FILE: QEMU `info pci` or `lspci -n`)")
+    if isinstance(topology, str):
+        topology = from_spec(topology)
+    if not isinstance(topology, Topology):
+        raise TypeError(f"topology must be a Topology, a spec or None, not {type(topology).__name__}")
+    trace = read_trace(path, topology.segments[0])
+    return Capture(trace, topology, trace.as_scan(topology, part, name=Path(str(path)).name), part)
