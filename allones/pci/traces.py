@@ -1,13 +1,9 @@
-"""Import recorded config accesses: QEMU trace logs and plain CSV.
+"""Import recorded config accesses: QEMU trace logs (qemu_log.py reads them) and CSV.
 
-QEMU (`-trace enable=memory_region_ops_*`) logs every access to a MemoryRegion:
-    PID@TIME:memory_region_ops_read cpu 0 mr 0x... addr 0xb0010000 value 0xff.. size 4 name 'pcie-mmcfg-mmio'
-Accesses to the ECAM region become MMCONFIG accesses (addr is the guest-physical address);
-port I/O config cycles become CONF1 accesses: a 32-bit write to 0xCF8 latches an address
-(bit 31 enable, bus 23:16, device 15:11, function 10:8, register 7:2) and an access to
-0xCFC-0xCFF reaches register (latch & 0xFC) + (port - 0xCFC), as QEMU's pci_host_data_*
-does. Values are masked to the access size (QEMU prints missing functions unmasked).
-Writes to the 'serial' region rebuild the console text, which tells firmware from kernel.
+A Trace is the config accesses in order (ACCESS_DTYPE, reads carrying the recorded value),
+the log line of each, where the kernel took over, the console text, the functions that
+answered (QEMU's pci_cfg_* events), what was skipped, and how the ECAM addresses were read.
+`load_capture()` adds the topology the boot ran on and checks the two agree.
 """
 
 from __future__ import annotations
@@ -16,24 +12,19 @@ import csv
 import functools
 import gzip
 import io
-import re
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .access import (ACCESS_DTYPE, CONF1, MMCONFIG, PCI_CONF1_ADDRESS_PORT, PCI_CONF1_DATA_PORT,
-                     ScanResult, check_accesses)
-from .ecam import PciAddressError, Segment, ecam_offset
+from .access import ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, check_accesses
+from .ecam import BUS_SHIFT, PciAddressError, Segment, ecam_offset
 from .parsers import ParseError
+from .qemu_log import (ECAM_ADDRESSING, MMCFG_REGION, EcamAddressing, LogError, console_window, decode,
+                       ecam_addressing, open_log, quote, read_log)
 from .topology import Topology, _segment
-
-MMCFG_REGION = "pcie-mmcfg-mmio"
-_LINE = re.compile(r"^(?:\S+?:)?memory_region_ops_(read|write) cpu \d+ mr 0x[0-9a-f]+ addr (0x[0-9a-f]+) "
-                   r"value (0x[0-9a-f]+) size (\d{1,9}) name '([^']*)'\s*$")
-_UART_THR, _UART_LCR, _UART_LCR_DLAB = 0x3F8, 0x3FB, 0x80
-
 
 class TraceParseError(ParseError):
     """A trace line that cannot be what it claims (`.line`, `.source`: see ParseError)."""
@@ -43,15 +34,24 @@ class TraceParseError(ParseError):
 class Trace:
     """Config accesses recorded from a guest, with where the kernel took over.
 
-    `accesses` is ACCESS_DTYPE (segment 0), reads carrying the recorded value; `lines`
-    the log line of each; `kernel_start` the index of the kernel's first access (None if
-    the console never printed "Linux version").
+    `accesses` is ACCESS_DTYPE (segment 0), reads carrying the recorded value; `lines` the
+    log line of each; `kernel_start` the index of the kernel's first access (None if the
+    console never printed "Linux version"). From a QEMU log also: `responders`, the functions
+    that answered ((bus, dev, fn) -> qemu_log.Responder); `skipped`, the lines left out by
+    kind; `ecam`, how ECAM addresses were read (qemu_log.EcamAddressing, None without ECAM
+    accesses); `window`, segment 0's ECAM window when the log or the caller says it;
+    `notes`, what a reader should know (assumptions, skipped lines worth a word).
     """
 
     accesses: np.ndarray
     lines: np.ndarray
     kernel_start: int | None
     console: str = ""
+    responders: dict = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
+    ecam: EcamAddressing | None = None
+    window: Segment | None = None
+    notes: list = field(default_factory=list)
 
     def part(self, which: str) -> np.ndarray:
         """'all', 'firmware' (before the kernel) or 'kernel' accesses."""
@@ -65,6 +65,8 @@ class Trace:
 
     def as_scan(self, topology: Topology, which: str = "all", name: str = "trace") -> ScanResult:
         """The accesses as a ScanResult against a topology (to replay on a Vmm)."""
+        if not isinstance(topology, Topology):
+            raise TypeError(f"topology must be a Topology, not {type(topology).__name__}")
         acc = self.part(which)
         mech = "mmconfig" if np.all(acc["mech"] == MMCONFIG) else (
             "conf1" if np.all(acc["mech"] == CONF1) else "recorded")
@@ -122,113 +124,243 @@ def _naming_source(parse):
 
 
 @_naming_source
-def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG_REGION) -> Trace:
-    """Read a QEMU trace log (path, .gz path or text): MMCONFIG accesses to `region` inside
-    `segment`'s window (default: q35's, 0xB0000000, buses 0-255), conf1 cycles through
-    0xCF8/0xCFC, and the serial console. Other lines are skipped. TraceParseError names the
-    line of anything malformed: a size other than 1, 2, 4, 8, an address or value past 64
-    bits, an ECAM access outside the window or not naturally aligned."""
-    segment = _segment(segment)
+def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG_REGION, *,
+                     ecam_addr: str = "auto", strict: bool = False, progress=None) -> Trace:
+    """Read a QEMU trace log (path, .gz path or text) as QEMU writes it (see qemu_log.py):
+    config accesses through `region` (the ECAM window) and the conf1 ports, the pci_cfg_*
+    responder events, the console; every other line is counted in `Trace.skipped`.
+
+    segment: segment 0's ECAM window if the caller knows it; None takes it from the log (the
+    responder events give bus 0's address, the kernel's console the bus range). ecam_addr:
+    'auto' detects whether `addr` is guest-physical or an offset in the window (an alias, as
+    arm64 virt maps it), 'gpa' or 'offset' say so. strict: refuse any line that is not a
+    memory_region_ops_* or pci_cfg_* event, and a last line cut short. progress(done, total):
+    bytes read so far, every 65,536 lines. TraceParseError names the line of anything
+    malformed or contradictory."""
+    window = None if segment is None else _segment(segment)
     if not isinstance(region, str):
         raise TypeError(f"region must be a str, not {type(region).__name__}")
-    rows, lines, console = [], [], []
-    latch, lcr, last_mmcfg, linux_at = 0, 0, -1, None
-    with _open_text(source) as f:
-        for lineno, line in enumerate(_lines(f, _source_name(source)), 1):
-            if "memory_region_ops_" not in line:
-                continue
-            m = _LINE.match(line)
-            if not m:
-                raise TraceParseError(lineno, f"malformed memory_region_ops line: {line.strip()[:120]!r}")
-            op, addr, value, size, name = m[1], int(m[2], 16), int(m[3], 16), int(m[4]), m[5]
-            if size not in (1, 2, 4, 8):
-                raise TraceParseError(lineno, f"access size {size}")
-            for what, number in (("addr", addr), ("value", value)):
-                if number >> 64:
-                    raise TraceParseError(lineno, f"{what} {number:#x} does not fit 64 bits")
-            is_write = op == "write"
-            value &= (1 << 8 * size) - 1
-            if name == region:
-                try:
-                    bdf, reg = segment.decode(addr)
-                except PciAddressError as exc:
-                    raise TraceParseError(lineno, str(exc)) from None
-                if reg % size:
-                    raise TraceParseError(lineno, f"ECAM access of {size} bytes at {addr:#x} is not aligned")
-                rows.append((bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, int(is_write), MMCONFIG, value))
-                lines.append(lineno)
-                last_mmcfg = len(rows)
-            elif name == "pci-conf-idx":
-                if is_write and addr == PCI_CONF1_ADDRESS_PORT and size == 4:
-                    latch = value
-            elif name == "pci-conf-data":
-                if not PCI_CONF1_DATA_PORT <= addr <= PCI_CONF1_DATA_PORT + 3:
-                    raise TraceParseError(lineno, f"pci-conf-data access at port {addr:#x}")
-                if latch & 0x8000_0000:
-                    reg = (latch & 0xFC) + (addr - PCI_CONF1_DATA_PORT)
-                    if reg % size:
-                        raise TraceParseError(lineno, f"conf1 access of {size} bytes at port {addr:#x} "
-                                              "is not aligned")
-                    rows.append((0, latch >> 16 & 0xFF, latch >> 11 & 31, latch >> 8 & 7, reg, size,
-                                 int(is_write), CONF1, value))
-                    lines.append(lineno)
-            elif name == "serial" and is_write:
-                if addr == _UART_LCR:
-                    lcr = value
-                elif addr == _UART_THR and not lcr & _UART_LCR_DLAB:
-                    console.append(chr(value))
-                    if linux_at is None and "".join(console[-13:]) == "Linux version":
-                        linux_at = last_mmcfg
-    acc = np.array(rows, dtype=ACCESS_DTYPE) if rows else np.empty(0, dtype=ACCESS_DTYPE)
+    if ecam_addr not in ECAM_ADDRESSING:
+        raise ValueError(f"ecam_addr {ecam_addr!r}: one of {', '.join(ECAM_ADDRESSING)}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, not {type(progress).__name__}")
+    name = _source_name(source)
+    try:
+        if name is not None and Path(name).is_file():
+            f, where, total = open_log(name)
+        else:
+            f, where, total = _open_text(source), None, None
+        with f:
+            raw = read_log(_lines(f, name), region, strict, progress, total, where)
+        console = _console(raw.consoles)
+        how = "the given window"
+        if window is None and console_window(console) is not None:
+            window, line = console_window(console)
+            how = f"the kernel's console ({line!r})"
+        addressing = ecam_addressing(raw.rows, ecam_addr, window, how)
+        acc = _accesses(raw.rows, decode(raw.rows, addressing), window)
+    except LogError as exc:
+        raise TraceParseError(exc.line, exc.detail) from None
+    notes = _notes(raw, addressing, acc, region)
+    if window is None and addressing is not None and addressing.base is not None:
+        window = Segment(addressing.base)
+        notes.append(f"ECAM window: bus 0 at {addressing.base:#x} ({addressing.how}); its bus range is "
+                     "not in the log (no ECAM/MMCONFIG console line): 00-ff assumed, give --ecam-buses")
     # The kernel's first accesses precede its console text (printk is buffered until the
     # early console): it starts after the firmware's last MMCONFIG access before the text.
-    start = None if linux_at is None else max(linux_at, 0)
-    return Trace(acc, np.array(lines, dtype=np.int64), start, "".join(console))
+    start = None
+    if raw.linux_at is not None:
+        before = np.flatnonzero(raw.rows["mech"][:raw.linux_at] == MMCONFIG)
+        start = int(before[-1]) + 1 if len(before) else 0
+    return Trace(acc, raw.rows["line"].copy(), start, console, raw.responders, raw.skipped,
+                 addressing, window, notes)
+
+
+def _console(consoles: dict) -> str:
+    """The console text: the UART that printed "Linux version", else the longest."""
+    texts = ["".join(chars) for chars in consoles.values()]
+    with_linux = [t for t in texts if "Linux version" in t]
+    return max(with_linux or texts or [""], key=len)
+
+
+def _accesses(rows: np.ndarray, off: np.ndarray, window: Segment | None) -> np.ndarray:
+    """ACCESS_DTYPE rows from decoded offsets; LogError at the first unaligned access, or
+    the first ECAM access on a bus outside a known window."""
+    acc = np.zeros(len(rows), dtype=ACCESS_DTYPE)
+    acc["bus"], acc["dev"], acc["fn"] = off >> BUS_SHIFT, off >> 15 & 31, off >> 12 & 7
+    acc["reg"], acc["size"], acc["is_write"] = off & 0xFFF, rows["size"], rows["is_write"]
+    acc["mech"], acc["value"] = rows["mech"], rows["value"]
+    bad = acc["reg"] % acc["size"] != 0
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LogError(int(rows["line"][i]), f"ECAM access of {int(acc['size'][i])} bytes at "
+                       f"{int(rows['addr'][i]):#x} is not aligned")        # conf1's are checked as read
+    if window is not None:
+        out = (acc["mech"] == MMCONFIG) & ((acc["bus"] < window.start_bus) | (acc["bus"] > window.end_bus))
+        if out.any():
+            i = int(np.flatnonzero(out)[0])
+            raise LogError(int(rows["line"][i]), f"ECAM access to bus {int(acc['bus'][i]):#04x}, outside the "
+                           f"window's buses {window.start_bus:02x}-{window.end_bus:02x}")
+    return acc
+
+
+def _notes(raw, addressing, acc, region) -> list[str]:
+    """What a reader of the import should be told."""
+    notes = []
+    if raw.cut_last_line:
+        notes.append(f"the log ends inside line {raw.lines} (cut while QEMU wrote it)")
+    if addressing is not None and addressing.mode == "offset":
+        notes.append(f"'{region}' is reached through an alias: addr is the offset in the ECAM window "
+                     f"({addressing.how})")
+    if not len(acc):
+        seen = sorted(k[len("region '"):-1] for k in raw.skipped if k.startswith("region '"))
+        notes.append(f"no config accesses: no '{region}', 'pci-conf-idx' or 'pci-conf-data' accesses in "
+                     f"{raw.lines} lines (regions seen: {', '.join(seen[:12]) or 'none'})")
+    return notes
+
+
+#: CSV header names, lower case, by what they hold (the first of each group a file has wins)
+CSV_COLUMNS = {
+    "op": ("op", "rw", "dir", "direction", "access", "type", "kind"),
+    "is_write": ("is_write", "write", "iswrite"),
+    "offset": ("offset", "ecam_offset", "off"),
+    "gpa": ("gpa", "addr", "address", "phys", "paddr"),
+    "bdf": ("bdf", "device_address", "pci"),
+    "bus": ("bus",), "dev": ("dev", "device", "slot"), "fn": ("fn", "func", "function"),
+    "reg": ("reg", "register", "where", "cfg_offset"),
+    "size": ("size", "len", "length", "width", "bytes"),
+    "value": ("value", "data", "val", "result"),
+}
+_OPS = {"r": 0, "read": 0, "ld": 0, "load": 0, "w": 1, "write": 1, "st": 1, "store": 1}
 
 
 @_naming_source
 def parse_csv(source, segment: Segment | None = None) -> Trace:
-    """CSV rows `op,offset,size,value` (op: r/read or w/write; offset from the window's bus-0
-    base; numbers decimal or 0x-hex; an optional header row, first but for comments) as
-    MMCONFIG accesses. TraceParseError names the line of anything malformed."""
-    segment = _segment(segment)
-    rows, lines, first = [], [], True
+    """CSV of config accesses (path, .gz path or text), read by column name when a header
+    row names them (see CSV_COLUMNS: an op or is_write column; an address as `offset` from
+    the window's bus-0 page, as a guest-physical `gpa`, or as `bdf`/`bus,dev,fn` with `reg`;
+    `size`; `value`), else as `op,offset,size,value`. Numbers are decimal or 0x-hex; rows
+    starting with '#' are comments; other columns are ignored (Trace.notes names them).
+    A `gpa` column needs `segment` (the window). TraceParseError names the line and column."""
+    window = None if segment is None else _segment(segment)
+    rows, lines, columns, notes = [], [], None, []
     with _open_text(source) as f:
-        reader, lineno = csv.reader(_lines(f, _source_name(source))), 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                raise TraceParseError(lineno + 1, f"not CSV: {exc}") from None
-            lineno += 1
-            if not row or row[0].strip().startswith("#"):
-                continue
-            header, first = first and row[0].strip().lower() == "op", False
-            if header:
-                continue
-            if len(row) != 4:
-                raise TraceParseError(lineno, f"expected op,offset,size,value; got {len(row)} fields")
-            op = row[0].strip().lower()
-            if op not in ("r", "read", "w", "write"):
-                raise TraceParseError(lineno, f"op {row[0]!r} is not r/read/w/write")
-            try:
-                offset, size, value = (int(x.strip(), 0) for x in row[1:])
-            except ValueError:
-                raise TraceParseError(lineno, f"not numbers: {','.join(row[1:])[:120]!r}") from None
-            if size not in (1, 2, 4, 8) or offset % size:
-                raise TraceParseError(lineno, f"size {size} at offset {offset:#x}: sizes are 1, 2, 4, 8, aligned")
-            if value < 0 or value >> 8 * size:
-                raise TraceParseError(lineno, f"value {value:#x} does not fit {size} bytes")
-            try:
-                bdf, reg = segment.decode(segment.base + offset)
-            except PciAddressError as exc:
-                raise TraceParseError(lineno, str(exc)) from None
-            rows.append((bdf.segment, bdf.bus, bdf.dev, bdf.fn, reg, size, int(op[0] == "w"), MMCONFIG, value))
+        for lineno, row in _csv_rows(f, _source_name(source)):
+            if columns is None:
+                columns = _csv_header(row, lineno, window, notes)
+                if columns is not None:
+                    continue
+                columns = dict(op=0, offset=1, size=2, value=3, _width=4, _positional=True)
+            rows.append(_csv_access(row, lineno, columns, window))
             lines.append(lineno)
     acc = np.array(rows, dtype=ACCESS_DTYPE) if rows else np.empty(0, dtype=ACCESS_DTYPE)
-    return Trace(acc, np.array(lines, dtype=np.int64), None)
+    ecam = EcamAddressing("gpa" if columns and "gpa" in columns else "offset",
+                          None if window is None else window.base, window, "the CSV's address column")
+    return Trace(acc, np.array(lines, dtype=np.int64), None, ecam=ecam if rows else None, window=window,
+                 notes=notes)
+
+
+def _csv_rows(f, name):
+    """(line number, fields) of each non-empty, non-comment CSV row."""
+    reader, lineno = csv.reader(_lines(f, name)), 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise TraceParseError(lineno + 1, f"not CSV: {exc}") from None
+        lineno = reader.line_num
+        if row and not row[0].strip().startswith("#") and any(x.strip() for x in row):
+            yield lineno, [x.strip() for x in row]
+
+
+def _csv_header(row, lineno, window, notes) -> dict | None:
+    """Column indices by role if `row` is a header (its first field is no op or number)."""
+    first = row[0].lower()
+    if first in _OPS or first[:1].isdigit():
+        return None
+    names = [x.lower() for x in row]
+    columns = {}
+    for role, aliases in CSV_COLUMNS.items():
+        found = [names.index(a) for a in aliases if a in names]
+        if found:
+            columns[role] = min(found)
+    used = set(columns.values())
+    unused = [row[i] for i in range(len(row)) if i not in used]
+    if unused:
+        notes.append(f"CSV columns not used: {', '.join(unused)}")
+    need = [("op or is_write", ("op", "is_write")), ("size", ("size",)), ("value", ("value",))]
+    address = ("offset",) if "offset" in columns and "bdf" not in columns and "bus" not in columns else (
+        ("gpa",) if "gpa" in columns else ("bdf", "reg") if "bdf" in columns else ("bus", "dev", "fn", "reg"))
+    for what, roles in need + [(", ".join(address), address)]:
+        if not all(r in columns for r in roles) and not (what.startswith("op") and any(r in columns for r in roles)):
+            raise TraceParseError(lineno, f"the header {quote(','.join(row))} has no {what} column "
+                                  f"(column names: {', '.join(a for r in roles for a in CSV_COLUMNS[r][:3])})")
+    if "offset" in columns and ("bdf" in columns or "bus" in columns):
+        columns.setdefault("reg", columns.pop("offset"))    # beside a bdf, 'offset' is the register
+    if address == ("gpa",) and window is None:
+        raise TraceParseError(lineno, "a gpa column needs the ECAM window's base (ecam_base, --ecam-base)")
+    columns["_width"] = len(row)
+    return columns
+
+
+def _csv_access(row, lineno, columns, window) -> tuple:
+    """One ACCESS_DTYPE row from a CSV row."""
+    if len(row) != columns["_width"]:
+        names = "op,offset,size,value" if "_positional" in columns else f"{columns['_width']} fields"
+        raise TraceParseError(lineno, f"expected {names}; got {len(row)} fields: {quote(','.join(row))}")
+
+    def number(role):
+        text = row[columns[role]]
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise TraceParseError(lineno, f"{role} {quote(text)} is not a number") from None
+
+    if "op" in columns:
+        op = row[columns["op"]].lower()
+        if op not in _OPS:
+            raise TraceParseError(lineno, f"op {quote(row[columns['op']])} is not r/read/w/write")
+        is_write = _OPS[op]
+    else:
+        flag = row[columns["is_write"]].lower()
+        if flag not in ("0", "1", "true", "false"):
+            raise TraceParseError(lineno, f"is_write {quote(row[columns['is_write']])} is not 0/1/true/false")
+        is_write = int(flag in ("1", "true"))
+    bus, dev, fn, reg = _csv_address(row, lineno, columns, window, number)
+    size, value = number("size"), number("value")
+    if size not in (1, 2, 4, 8) or reg % size:
+        raise TraceParseError(lineno, f"size {size} at offset {ecam_offset(bus, dev, fn, reg):#x}: sizes are "
+                              "1, 2, 4, 8, aligned")
+    if value < 0 or value >> 8 * size:
+        raise TraceParseError(lineno, f"value {value:#x} does not fit {size} bytes")
+    return (0, bus, dev, fn, reg, size, is_write, MMCONFIG, value)
+
+
+def _csv_address(row, lineno, columns, window, number) -> tuple[int, int, int, int]:
+    from .ecam import Bdf
+    try:
+        if "bdf" in columns:
+            bdf = Bdf.parse(row[columns["bdf"]])
+            parts = bdf.bus, bdf.dev, bdf.fn, number("reg")
+        elif "bus" in columns:
+            parts = number("bus"), number("dev"), number("fn"), number("reg")
+        else:
+            offset = number("offset") if "offset" in columns else number("gpa") - window.base
+            if offset < 0:
+                raise PciAddressError(f"offset {offset:#x} is below the window's bus-0 page" if "offset" in columns
+                                      else f"gpa {number('gpa'):#x} below the window's base {window.base:#x}")
+            if offset >> BUS_SHIFT >= 256:
+                raise PciAddressError(f"offset {offset:#x} is past bus 255 of the window")
+            parts = offset >> BUS_SHIFT, offset >> 15 & 31, offset >> 12 & 7, offset & 0xFFF
+        ecam_offset(*parts)                            # each part in range
+    except PciAddressError as exc:
+        raise TraceParseError(lineno, str(exc)) from None
+    if window is not None and not window.has_bus(parts[0]):
+        raise TraceParseError(lineno, f"bus {parts[0]:#04x} outside the window's buses "
+                              f"{window.start_bus:02x}-{window.end_bus:02x}")
+    return parts
 
 
 def format_csv(accesses: np.ndarray) -> str:
@@ -241,10 +373,11 @@ def format_csv(accesses: np.ndarray) -> str:
     return "\n".join(out) + "\n"
 
 
-def read_trace(path, segment: Segment | None = None) -> Trace:
-    """A QEMU trace log or a CSV file (told apart by the name: .csv, .csv.gz);
-    FileNotFoundError if there is no such file; TraceParseError (naming the file and line)
-    for what is not a trace."""
+def read_trace(path, segment: Segment | None = None, **options) -> Trace:
+    """A QEMU trace log or a CSV file (told apart by the name: .csv, .csv.gz); options go
+    to parse_qemu_trace (ecam_addr, region, strict, progress; a CSV takes none of them but
+    strict, which it is by nature). FileNotFoundError if there is no such file;
+    TraceParseError (naming the file and line) for what is not a trace."""
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a str or Path, not {type(path).__name__}")
     path = Path(path)
@@ -252,34 +385,94 @@ def read_trace(path, segment: Segment | None = None) -> Trace:
         raise FileNotFoundError(f"no trace file {path}")
     if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
         return parse_csv(path, segment)
-    return parse_qemu_trace(path, segment)
+    return parse_qemu_trace(path, segment, **options)
 
 
 @dataclass
 class Capture:
-    """A recorded boot made ready to replay: the trace, the topology it ran on, and the
-    chosen part of it as a ScanResult (what Vmm.replay and the fleets take)."""
+    """A recorded boot made ready to replay: the trace, the topology it ran on (given, or
+    inferred from the log), the chosen part as a ScanResult (what Vmm.replay and the fleets
+    take), and notes a reader should see (what was assumed or guessed)."""
 
     trace: Trace
     topology: Topology
     scan: ScanResult
     part: str
+    inferred: bool = False
+    notes: list = field(default_factory=list)
 
 
 def load_capture(path, topology=None, part: str = "all", *, ecam_base: int | None = None,
-                 strict: bool = False) -> Capture:
-    """Read a capture (QEMU log or CSV) and the topology it ran on.
+                 ecam_buses: int | None = None, ecam_addr: str = "auto", region: str = MMCFG_REGION,
+                 strict: bool = False, progress=None) -> Capture:
+    """Read a capture (QEMU log or CSV) and the topology it ran on, and check they agree.
 
-    topology: a Topology, a spec for builders.from_spec (a builder or a file of `info pci` /
-    `lspci -n` text), or None to infer the present functions from the log's pci_cfg_*
-    responder events (ValueError naming the `topology` option when the log has none)."""
+    topology: a Topology, a spec for builders.from_spec (a builder name, or a file of `info
+    pci` / `lspci -n` text, which carries no ECAM window: the log's is used), or None to
+    infer the present functions from the log's pci_cfg_* events (InferenceError, naming the
+    --topology option, when it has none). ecam_base / ecam_buses: segment 0's window (bus 0's
+    guest-physical address, and how many buses from bus 0), when the log does not say it.
+    ValueError when the log and the topology disagree: a window elsewhere (a log of another
+    machine), or a function the log shows answering that the topology lacks."""
     from .builders import from_spec
-    if topology is None:
-        raise ValueError("the log has no pci_cfg_* responder events to infer the present functions "
-                         "from: give a topology (--topology FILE: QEMU `info pci` or `lspci -n`)")
-    if isinstance(topology, str):
-        topology = from_spec(topology)
-    if not isinstance(topology, Topology):
+    from .infer import infer_topology
+    window = _given_window(ecam_base, ecam_buses)
+    from_file, inferred = isinstance(topology, (str, Path)) and Path(topology).is_file(), topology is None
+    if isinstance(topology, (str, Path)):
+        topology = from_spec(str(topology))
+    if topology is not None and not isinstance(topology, Topology):
         raise TypeError(f"topology must be a Topology, a spec or None, not {type(topology).__name__}")
-    trace = read_trace(path, topology.segments[0])
-    return Capture(trace, topology, trace.as_scan(topology, part, name=Path(str(path)).name), part)
+    if window is None and topology is not None and not from_file:
+        window = topology.segments[0]
+    reader = read_trace if progress is None else functools.partial(read_trace, progress=progress)
+    trace = reader(path, window, ecam_addr=ecam_addr, region=region, strict=strict)
+    notes = list(trace.notes)
+    if topology is None:
+        topology, guessed = infer_topology(trace.responders, _log_window(trace), name=f"log:{Path(str(path)).name}")
+        notes += guessed
+    elif from_file:
+        topology = _on_window(topology, _log_window(trace))
+    _check_answering(trace, topology)
+    scan = trace.as_scan(topology, part, name=Path(str(path)).name)
+    return Capture(trace, topology, scan, part, inferred, notes)
+
+
+def _given_window(ecam_base, ecam_buses) -> Segment | None:
+    if ecam_base is None:
+        if ecam_buses is not None:
+            raise ValueError("ecam_buses needs ecam_base (--ecam-buses needs --ecam-base)")
+        return None
+    return Segment(ecam_base, 0, 0, 255 if ecam_buses is None else ecam_buses - 1)
+
+
+def _log_window(trace: Trace) -> Segment:
+    """The window the log was read in (ValueError naming the option when nothing said it)."""
+    if trace.window is not None:
+        return trace.window
+    if trace.ecam is not None:
+        raise ValueError("the log addresses ECAM by offset in the window (an alias) and does not say where the "
+                         "window is (no ECAM/MMCONFIG console line): give --ecam-base (and --ecam-buses)")
+    raise ValueError("the log has no ECAM accesses and no console line that places the ECAM window: give "
+                     "--ecam-base (and --ecam-buses)")
+
+
+def _on_window(topology: Topology, window: Segment) -> Topology:
+    """A parsed topology (whose text had no window) placed on the log's segment-0 window."""
+    segments = [window if s.segment == 0 else s for s in topology.segments]
+    try:
+        return replace(topology, segments=segments)
+    except ValueError as exc:
+        raise ValueError(f"topology {topology.name!r} does not fit the log's ECAM window "
+                         f"(buses {window.start_bus:02x}-{window.end_bus:02x}): {exc}") from None
+
+
+def _check_answering(trace: Trace, topology: Topology) -> None:
+    """Every function the log shows answering is in the topology (else the replay would read
+    it as a hole, against the log)."""
+    from .ecam import Bdf
+    missing = [(key, r) for key, r in sorted(trace.responders.items()) if Bdf(0, *key) not in topology]
+    if missing:
+        shown = ", ".join(f"{Bdf(0, *k)} ({r.name}, {r.events} accesses from line {r.first_line})"
+                          for k, r in missing[:4])
+        raise ValueError(f"topology {topology.name!r} lacks {len(missing)} function(s) the log shows answering: "
+                         f"{shown}{' …' if len(missing) > 4 else ''}")

@@ -8,6 +8,7 @@ import pytest
 
 from allones import VM, Host
 from allones.pci.access import ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult
+from allones.pci.ecam import Segment
 from allones.pci.parsers import read_topology
 from allones.pci.traces import TraceParseError, format_csv, parse_csv, parse_qemu_trace, read_trace
 from allones.vmm import Vmm
@@ -105,21 +106,23 @@ def test_other_regions_and_non_matching_lines_are_skipped():
     text = ("1250@1.000001:pci_cfg_read mch 00:00.0 @0x2 -> 0x29c0\n"
             + LINE.format(addr="0xfed00000", size=4, name="hpet") + "\n"
             + LINE.format(addr="0xb0008000", size=4, name="pcie-mmcfg-mmio") + "\n")
-    t = parse_qemu_trace(text)
+    t = parse_qemu_trace(text, Segment(0xB000_0000))
     assert rows(t.accesses) == [(0, 1, 0, 0, 4, 0, MMCONFIG, 0xFFFFFFFF)]
     assert t.lines.tolist() == [3]
+    assert t.skipped == {"region 'hpet'": 1, "pci_cfg events that match no access": 1}
 
 
 @pytest.mark.parametrize("bad, why", [
     (LINE.format(addr="0xb0000000", size=4, name="pcie-mmcfg-mmio").replace(" size 4", ""), "malformed"),
     (LINE.format(addr="0xb0000000", size=3, name="pcie-mmcfg-mmio"), "access size 3"),
     (LINE.format(addr="0xcf9", size=1, name="pci-conf-data"), "port 0xcf9"),
-    (LINE.format(addr="0xc0000000", size=4, name="pcie-mmcfg-mmio"), "outside segment 0"),
+    (LINE.format(addr="0xc0000000", size=4, name="pcie-mmcfg-mmio"), "put bus 0 at 0xc0000000"),  # its responder says so
 ])
 def test_malformed_trace_line_reports_its_number(bad, why):
     good = LINE.format(addr="0xb0000000", size=4, name="pcie-mmcfg-mmio")
     with pytest.raises(TraceParseError, match=why) as exc:
-        parse_qemu_trace("\n".join([good, "1250@1.0:pci_cfg_read mch 00:00.0 @0x0 -> 0x1", bad, good]) + "\n")
+        parse_qemu_trace("\n".join([good, "1250@1.0:pci_cfg_read mch 00:00.0 @0x0 -> 0x1", bad, good]) + "\n",
+                         Segment(0xB000_0000), ecam_addr="gpa")
     assert exc.value.line == 3
     assert str(exc.value).startswith("line 3: ")
 
@@ -159,11 +162,11 @@ def test_format_csv_keeps_only_mmconfig(small):
 @pytest.mark.parametrize("bad, why", [
     ("x,0,4,0", "op 'x'"),
     ("r,0,4", "got 3 fields"),
-    ("r,zz,4,0", "not numbers"),
+    ("r,zz,4,0", "offset .zz. is not a number"),
     ("r,0x2,4,0", "aligned"),
     ("r,0,3,0", "sizes are 1, 2, 4, 8"),
     ("r,0,2,0x10000", "does not fit 2 bytes"),
-    ("r,0x10000000,4,0", "outside segment 0"),
+    ("r,0x10000000,4,0", "past bus 255 of the window"),
 ])
 def test_malformed_csv_row_reports_its_number(bad, why):
     with pytest.raises(TraceParseError, match=why) as exc:
