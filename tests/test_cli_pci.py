@@ -104,7 +104,7 @@ def test_trace_import_kernel_part_writes_csv(capsys, tmp_path):
     (["topology", "show", "-t", "farm:4:2"], "empty_fraction 2.0 not in [0, 1]"),
     (["scan", "linux-probe", "-t", "farm:999"], "999 root ports do not fit"),
     (["trace", "import", "/nonexistent/trace.log"], "/nonexistent/trace.log"),
-    (["trace", "import", str(SMALL_CSV), "--part", "kernel"], "no kernel part"),
+    (["trace", "import", str(SMALL_CSV), "-t", "q35", "--part", "kernel"], "no kernel part"),
     (["scan", "brute-force", "--cpu", "intel"], "takes no option cpu"),
 ])
 def test_errors_return_1_with_a_message(capsys, argv, says):

@@ -153,10 +153,14 @@ def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG
         with f:
             raw = read_log(_lines(f, name), region, strict, progress, total, where)
         console = _console(raw.consoles)
-        how = "the given window"
-        if window is None and console_window(console) is not None:
-            window, line = console_window(console)
-            how = f"the kernel's console ({line!r})"
+        how, announced = "the given window", console_window(console)
+        if announced is not None and window is not None and announced[0] != window:
+            raise LogError(0, f"the kernel's console places the ECAM window at {announced[0].base:#x}, buses "
+                           f"{announced[0].start_bus:02x}-{announced[0].end_bus:02x} ({announced[1]!r}), but the "
+                           f"given window is at {window.base:#x}, buses {window.start_bus:02x}-{window.end_bus:02x}"
+                           ": a log of another machine?")
+        if window is None and announced is not None:
+            window, how = announced[0], f"the kernel's console ({announced[1]!r})"
         addressing = ecam_addressing(raw.rows, ecam_addr, window, how)
         acc = _accesses(raw.rows, decode(raw.rows, addressing), window)
     except LogError as exc:
@@ -415,7 +419,7 @@ def load_capture(path, topology=None, part: str = "all", *, ecam_base: int | Non
     ValueError when the log and the topology disagree: a window elsewhere (a log of another
     machine), or a function the log shows answering that the topology lacks."""
     from .builders import from_spec
-    from .infer import infer_topology
+    from .infer import InferenceError, infer_topology
     window = _given_window(ecam_base, ecam_buses)
     from_file, inferred = isinstance(topology, (str, Path)) and Path(topology).is_file(), topology is None
     if isinstance(topology, (str, Path)):
@@ -428,6 +432,9 @@ def load_capture(path, topology=None, part: str = "all", *, ecam_base: int | Non
     trace = reader(path, window, ecam_addr=ecam_addr, region=region, strict=strict)
     notes = list(trace.notes)
     if topology is None:
+        if not trace.responders:
+            raise InferenceError("the log has no pci_cfg_* events, so it does not say which functions are "
+                                 "present: give the topology (--topology FILE: QEMU `info pci` or `lspci -n`)")
         topology, guessed = infer_topology(trace.responders, _log_window(trace), name=f"log:{Path(str(path)).name}")
         notes += guessed
     elif from_file:
