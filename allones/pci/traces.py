@@ -150,8 +150,10 @@ def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG
             f, where, total = open_log(name)
         else:
             f, where, total = _open_text(source), None, None
+            if isinstance(f, io.StringIO):             # text: read as the bytes a file would hold
+                f = io.BytesIO(f.getvalue().encode())
         with f:
-            raw = read_log(_lines(f, name), region, strict, progress, total, where)
+            raw = read_log(f, region, strict, progress, total, where)
         console = _console(raw.consoles)
         how, announced = "the given window", console_window(console)
         if announced is not None and window is not None and announced[0] != window:
@@ -182,7 +184,7 @@ def parse_qemu_trace(source, segment: Segment | None = None, region: str = MMCFG
 
 def _console(consoles: dict) -> str:
     """The console text: the UART that printed "Linux version", else the longest."""
-    texts = ["".join(chars) for chars in consoles.values()]
+    texts = [bytes(b).decode("latin-1") for b in consoles.values()]     # a byte a character, as written
     with_linux = [t for t in texts if "Linux version" in t]
     return max(with_linux or texts or [""], key=len)
 
