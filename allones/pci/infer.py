@@ -14,6 +14,7 @@ default, and said so in the notes.
 from __future__ import annotations
 
 from .ecam import Bdf, Segment
+from .parsers import EXPANDER_BRIDGES
 from .qemu_log import Responder
 from .topology import Bar, BarKind, Function, PortType, Topology
 
@@ -21,9 +22,6 @@ PCI_HEADER_TYPE, PCI_CAPABILITY_LIST, PCI_CAP_ID_EXP = 0x0E, 0x34, 0x10
 PCI_PRIMARY_BUS, PCI_ROM_ADDRESS, PCI_ROM_ADDRESS1 = 0x18, 0x30, 0x38
 PCI_SUBSYSTEM_VENDOR_ID = 0x2C
 PCI_CFG_SPACE_SIZE = 0x100
-#: QEMU's expander host bridges (include/hw/pci/pci.h: PCI_DEVICE_ID_REDHAT_PXB, _PXB_PCIE):
-#: each opens a root bus of its own (hw/pci-bridge/pci_expander_bridge.c)
-PXB_IDS = {(0x1B36, 0x0009), (0x1B36, 0x000B)}
 
 
 class InferenceError(ValueError):
@@ -39,8 +37,8 @@ def infer_topology(responders: dict, window: Segment, name: str = "log") -> tupl
     notes, functions = [], []
     for (bus, dev, fn), resp in sorted(responders.items()):
         functions.append(_function(Bdf(0, bus, dev, fn), resp, notes))
-    bridged = {f.secondary for f in functions if f.is_bridge}
-    pxbs = sum((f.vendor, f.device) in PXB_IDS for f in functions)
+    bridged = {f.secondary for f in functions if f.is_configured}
+    pxbs = sum((f.vendor, f.device) in EXPANDER_BRIDGES for f in functions)
     orphans = sorted({f.bdf.bus for f in functions} - bridged - {window.start_bus})
     if len(orphans) > pxbs:
         raise InferenceError(f"functions answered on bus {', '.join(f'{b:02x}' for b in orphans)}, which no "

@@ -4,6 +4,10 @@
 firmware and Linux number buses (depth first, in devfn order: `pci_scan_bridge_extend()`),
 and port types from where a bridge sits. `info pci` (QEMU's hmp_info_pci_device()) gives
 bus numbers, BARs and subsystem IDs but no segment: everything lands in segment 0.
+
+Both read QEMU's expander bridges (pxb, pxb-pcie): a bus that has functions but that no
+bridge leads to becomes an extra root bus (`Topology.extra_roots`) when an expander
+host-bridge function on a root bus is there to open it, one bus per expander.
 """
 
 from __future__ import annotations
@@ -26,6 +30,16 @@ KNOWN_BRIDGES = {
     (0x1B36, 0x000E): PortType.PCIE_BRIDGE,    # pcie-pci-bridge
     (0x1B36, 0x0001): None,                    # pci-bridge
 }
+#: QEMU's expander bridges (hw/pci-bridge/pci_expander_bridge.c; IDs from include/hw/pci/pci.h):
+#: a host-bridge function (class 0x0600) on a root bus that opens a root bus of its own, numbered
+#: by its `bus_nr` property; `info pci` lists that bus as a group of its own.
+PCI_VENDOR_ID_REDHAT = 0x1B36
+PCI_DEVICE_ID_REDHAT_PXB = 0x0009
+PCI_DEVICE_ID_REDHAT_PXB_PCIE = 0x000B
+EXPANDER_BRIDGES = {
+    (PCI_VENDOR_ID_REDHAT, PCI_DEVICE_ID_REDHAT_PXB): "pxb",
+    (PCI_VENDOR_ID_REDHAT, PCI_DEVICE_ID_REDHAT_PXB_PCIE): "pxb-pcie",
+}
 
 
 class ParseError(ValueError):
@@ -45,6 +59,22 @@ class TopologyParseError(ParseError):
     """Text that is not a topology (lspci or `info pci`)."""
 
 
+def quote(text: str, limit: int = 120) -> str:
+    """repr() of input for an error message: all of it, or its first `limit` characters
+    and a visible "…" (a message should not swallow a megabyte line, nor cut it silently)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
+
+
+def _is_expander(class_code: int, vendor: int, device: int) -> bool:
+    """A pxb / pxb-pcie host-bridge function (class_code: the 24-bit class, prog-if low)."""
+    return class_code >> 8 == 0x0600 and (vendor, device) in EXPANDER_BRIDGES
+
+
+def _unreached(lineno: int, bdf, bus: int, hint: str = "") -> TopologyParseError:
+    return TopologyParseError(lineno, f"{bdf}: no bridge leads to bus {bus:02x}{hint}, and no expander host "
+                              "bridge (pxb, pxb-pcie) on a root bus is left to open it as a root bus")
+
+
 # -- lspci -n -------------------------------------------------------------------------------
 
 _LSPCI = re.compile(r"^(?P<bdf>(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\s+"
@@ -61,7 +91,7 @@ def parse_lspci(text: str, name: str = "lspci") -> Topology:
             continue
         m = _LSPCI.match(line.strip())
         if not m:
-            raise TopologyParseError(lineno, f"not an `lspci -n` line: {line.strip()[:120]!r}")
+            raise TopologyParseError(lineno, f"not an `lspci -n` line: {quote(line.strip())}")
         try:
             bdf = Bdf.parse(m["bdf"])
         except PciAddressError as exc:
@@ -74,26 +104,43 @@ def parse_lspci(text: str, name: str = "lspci") -> Topology:
 
 
 def _number_buses(rows, name) -> Topology:
-    """Give bridges (class 0604) bus numbers depth first, as firmware does; check every
-    function's bus is reached."""
+    """Give bridges (class 0604) bus numbers depth first, as firmware does, from each root
+    bus; check every function's bus is reached."""
     by_bus, seen = {}, set()
     for row in rows:
         if row[1] in seen:
             raise TopologyParseError(row[0], f"{row[1]} appears twice")
         seen.add(row[1])
         by_bus.setdefault((row[1].segment, row[1].bus), []).append(row)
-    functions, numbered = [], set()
+    functions, numbered, extra = [], set(), []
     for seg in sorted({b.segment for _, b, *_ in rows}):
-        root = min(bus for s, bus in by_bus if s == seg)
-        _walk(seg, root, None, [root], by_bus, functions, numbered)
-    for (seg, bus), rs in by_bus.items():
-        if (seg, bus) not in numbered:
-            raise TopologyParseError(rs[0][0], f"{rs[0][1]}: no bridge leads to bus {bus:02x} "
-                                     "(bus numbers are not depth-first from the root bus)")
+        extra += _number_segment(seg, by_bus, functions, numbered)
     segments = [Segment(Q35_ECAM_BASE if s == 0 else EXTRA_SEGMENT_BASE + (s - 1) * (256 << 20), s)
                 for s in sorted({f.bdf.segment for f in functions})]
     line_of = {row[1]: row[0] for row in rows}
-    return _checked(functions, [line_of[f.bdf] for f in functions], dict(segments=segments, name=name))
+    return _checked(functions, [line_of[f.bdf] for f in functions],
+                    dict(segments=segments, extra_roots=tuple(extra), name=name))
+
+
+def _number_segment(seg, by_bus, out, numbered) -> list[tuple[int, int]]:
+    """Number a segment from its lowest bus; then the lowest bus still not reached, if an
+    expander on a root bus is left to open it, is an extra root bus, and so on. Below a pxb
+    root bus, numbering goes on from the pxb's bus_nr (firmware numbers the buses behind it
+    from there; Linux's pci_scan_child_bus() of that root bus reads them). Returns the extra
+    root buses."""
+    roots = [min(bus for s, bus in by_bus if s == seg)]
+    _walk(seg, roots[0], None, [roots[0]], by_bus, out, numbered)
+    while True:
+        left = sorted(bus for s, bus in by_bus if s == seg and (s, bus) not in numbered)
+        if not left:
+            return [(seg, bus) for bus in roots[1:]]
+        expanders = sum(1 for f in out if f.bdf.segment == seg and f.bdf.bus in roots
+                        and _is_expander(f.class_code, f.vendor, f.device))
+        if expanders < len(roots):         # the root bus itself needs no expander
+            lineno, bdf = by_bus[(seg, left[0])][0][:2]
+            raise _unreached(lineno, bdf, left[0], " (bus numbers are not depth-first from a root bus)")
+        roots.append(left[0])
+        _walk(seg, left[0], None, [left[0]], by_bus, out, numbered)
 
 
 def _walk(seg, bus, parent_type, next_bus, by_bus, out, numbered):
@@ -143,6 +190,10 @@ _FIELDS = {
     "secondary": re.compile(r"^\s*secondary bus (\d{1,9})\.\s*$"),
     "subordinate": re.compile(r"^\s*subordinate bus (\d{1,9})\.\s*$"),
 }
+#: what a field's line looks like, by how it starts: to name the field of a line that is not it
+_LINE_FORMS = (("Bus", "Bus N, device N, function N:"), ("PCI subsystem", "PCI subsystem vvvv:dddd"),
+          ("BUS", "BUS N."), ("secondary bus", "secondary bus N."), ("subordinate bus", "subordinate bus N."),
+          ("BAR", "BARn: I/O at 0x... [0x...]. or BARn: 32|64 bit [prefetchable] memory at 0x... [0x...]."))
 _IGNORED = re.compile(r"^\s*(IRQ \d+.*|(IO|memory|prefetchable memory) range \[.*\]|id \".*\"|\(qemu\).*)\s*$")
 _CLASS_BY_NAME = {}
 for _code, _name in CLASS_NAMES.items():
@@ -154,8 +205,11 @@ def parse_info_pci(text: str, name: str = "info-pci") -> Topology:
 
     Class descriptions map back through QEMU's table (prog-if is not printed: 0); a BAR's
     size is end - start + 1 (mod 2^64, so unassigned BARs at all-ones still give it); BAR6 is
-    the expansion ROM; a function with bridge lines is a type 1 header. Port types: a bridge on
-    bus 0 is a root port, other functions are conventional PCI unless behind a bridge.
+    the expansion ROM; a function with bridge lines is a type 1 header ("secondary bus 0.":
+    unconfigured, nothing behind it). Port types: a bridge on a root bus is a root port, other
+    functions are conventional PCI unless behind a bridge. A bus that no bridge leads to is an
+    extra root bus when a pxb / pxb-pcie function on a root bus opens it (QEMU lists each host
+    bridge's bus as a group of its own; groups may come in any order).
     """
     _check_text(text)
     records, cur = [], None
@@ -168,15 +222,31 @@ def parse_info_pci(text: str, name: str = "info-pci") -> Topology:
             records.append(cur)
             continue
         if cur is None:
-            raise TopologyParseError(lineno, f"expected '  Bus N, device N, function N:', got {line.strip()[:120]!r}")
+            raise TopologyParseError(lineno, f"expected '  Bus N, device N, function N:', got {quote(line.strip())}")
         _info_pci_line(cur, lineno, line)
     if not records:
         raise TopologyParseError(0, "no functions in the text")
-    # a bridge whose secondary bus is not above its own is refused by Function(); leaving it
-    # out here keeps _port_type() from looping on a cycle of bridges
+    # a bridge whose secondary bus is not above its own is refused by Function() (or, at 0,
+    # unconfigured: it leads nowhere); leaving it out keeps _port_type() from looping
     parents = {r["secondary"]: r for r in records if r.get("secondary", -1) > r["bus"]}
     functions = [_info_pci_function(r, parents) for r in records]
-    return _checked(functions, [r["line"] for r in records], dict(name=name))
+    extra = _info_pci_extra_roots(records, parents)
+    return _checked(functions, [r["line"] for r in records], dict(name=name, extra_roots=extra))
+
+
+def _info_pci_extra_roots(records, parents) -> tuple[tuple[int, int], ...]:
+    """Buses with functions that no bridge leads to, lowest first, each opened by an expander
+    host bridge on bus 0 or on an extra root bus already found (`info pci` does not say which
+    expander has which bus_nr: only how many there are matters)."""
+    roots = [0]
+    for bus in sorted({r["bus"] for r in records} - set(parents) - {0}):
+        expanders = sum(1 for r in records
+                        if r["bus"] in roots and _is_expander(r["class"], r["vendor"], r["device"]))
+        if expanders < len(roots):         # bus 0 itself needs no expander
+            first = next(r for r in records if r["bus"] == bus)
+            raise _unreached(first["line"], Bdf(0, bus, first["dev"], first["fn"]), bus)
+        roots.append(bus)
+    return tuple((0, bus) for bus in roots[1:])
 
 
 def _checked(functions, lines, kw) -> Topology:
@@ -221,7 +291,7 @@ def _info_pci_line(cur, lineno, line):
         elif m[2].strip() in _CLASS_BY_NAME:
             cur["class"] = _CLASS_BY_NAME[m[2].strip()] << 8
         else:
-            raise TopologyParseError(lineno, f"unknown class description {m[2].strip()!r}")
+            raise TopologyParseError(lineno, f"unknown class description {quote(m[2].strip())}")
         cur["vendor"], cur["device"] = int(m[3], 16), int(m[4], 16)
         return
     m = _BAR.match(line)
@@ -245,9 +315,15 @@ def _info_pci_line(cur, lineno, line):
     for key, pattern in _FIELDS.items():
         m = pattern.match(line)
         if m:
+            if key in cur:             # else the second one would silently win
+                raise TopologyParseError(lineno, f"a second {key} line for this function: {quote(line.strip())}")
             cur[key] = (int(m[1], 16), int(m[2], 16)) if key == "subsystem" else int(m[1])
             return
-    raise TopologyParseError(lineno, f"not an `info pci` line: {line.strip()[:120]!r}")
+    text = line.strip()
+    for start, form in _LINE_FORMS:
+        if text.startswith(start):
+            raise TopologyParseError(lineno, f"malformed {start} line (expected {form!r}): {quote(text)}")
+    raise TopologyParseError(lineno, f"not an `info pci` line: {quote(text)}")
 
 
 def _info_pci_function(r, parents) -> Function:
@@ -265,7 +341,11 @@ def _info_pci_function(r, parents) -> Function:
 
 
 def format_info_pci(topology: Topology) -> str:
-    """QEMU `info pci` text of a (segment 0) topology, devices of a bus after its bridge."""
+    """QEMU `info pci` text of a topology's segment 0: each root bus a group (bus 0's, then
+    extra root buses in bus order; QEMU itself walks pci_host_bridges, newest first), devices
+    of a bus after their bridge, none behind an unconfigured one (qmp_query_pci_bridge()
+    lists a bridge's bus only when its secondary bus register is non-zero). An extra root
+    bus without functions leaves no trace."""
     out = []
     for seg, bus in topology.root_buses():
         if seg == 0:
@@ -294,7 +374,7 @@ def _info_pci_bus(topology, bus, out):
         if f.rom_size:
             out.append(f"      BAR6: 32 bit memory at 0xffffffffffffffff [{f.rom_size - 2:#010x}].")
         out.append('      id ""')
-        if f.is_bridge:
+        if f.is_configured:
             _info_pci_bus(topology, f.secondary, out)
 
 
@@ -317,4 +397,5 @@ def read_topology(path: str | Path) -> Topology:
 
 
 __all__ = ["TopologyParseError", "parse_lspci", "format_lspci", "parse_info_pci", "format_info_pci",
-           "read_topology", "QEMU_SUBSYS"]
+           "read_topology", "QEMU_SUBSYS", "EXPANDER_BRIDGES", "PCI_VENDOR_ID_REDHAT", "PCI_DEVICE_ID_REDHAT_PXB",
+           "PCI_DEVICE_ID_REDHAT_PXB_PCIE"]

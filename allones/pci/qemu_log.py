@@ -39,6 +39,7 @@ import numpy as np
 
 from .access import CONF1, MMCONFIG, PCI_CONF1_ADDRESS_PORT, PCI_CONF1_DATA_PORT
 from .ecam import BUS_SHIFT, DEV_SHIFT, FN_SHIFT, NR_BUSES, Segment
+from .parsers import quote
 
 MMCFG_REGION = "pcie-mmcfg-mmio"          # pcie_host_mmcfg_init() (hw/pci/pcie_host.c)
 CONF_IDX_REGION, CONF_DATA_REGION = "pci-conf-idx", "pci-conf-data"   # pci_host_conf_le_ops users
@@ -65,11 +66,6 @@ class LogError(ValueError):
     def __init__(self, line: int, detail: str):
         super().__init__(f"line {line}: {detail}")
         self.line, self.detail = line, detail
-
-
-def quote(text: str, limit: int = 160) -> str:
-    """repr() of a piece of input, whole, or its first `limit` characters and a visible "…"."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
 
 
 @dataclass

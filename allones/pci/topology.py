@@ -101,7 +101,11 @@ class Function:
     `bars` maps a BAR index (0..5; 0..1 for bridges) to its Bar; a 64-bit BAR also uses the
     next index. `multifunction` None means "set on every function of a device that has more
     than one", as QEMU does. `port_type` None means a conventional PCI function (no PCIe
-    capability, 256 bytes of config space). Bridges (header type 1) have bus numbers.
+    capability, 256 bytes of config space). Bridges (header type 1) have bus numbers:
+    bus < secondary <= subordinate, or secondary = subordinate = 0 for an unconfigured bridge
+    (its reset state, which QEMU's `info pci` shows as "secondary bus 0." when firmware never
+    numbered it, e.g. a root port on a pxb bus after an arm64 device-tree boot): it leads to
+    no bus and nothing is behind it (`is_configured` is False).
     """
 
     bdf: Bdf
@@ -144,8 +148,9 @@ class Function:
         if not (self.is_bridge == (self.secondary is not None) == (self.subordinate is not None)):
             raise ValueError(f"{self.bdf}: a bridge (header type 1) needs secondary and subordinate "
                              "bus numbers, and only a bridge has them")
-        if self.is_bridge and not self.bdf.bus < self.secondary <= self.subordinate <= 255:
-            raise ValueError(f"{self.bdf}: bus numbers need bus < secondary <= subordinate <= 255, "
+        if self.is_configured and not self.bdf.bus < self.secondary <= self.subordinate <= 255:
+            hint = " (or secondary = subordinate = 0: unconfigured)" if 0 in (self.secondary, self.subordinate) else ""
+            raise ValueError(f"{self.bdf}: bus numbers need bus < secondary <= subordinate <= 255{hint}, "
                              f"got {self.bdf.bus}, {self.secondary}, {self.subordinate}")
 
     def _check_ids(self):
@@ -185,6 +190,14 @@ class Function:
         return self.header_type == 1
 
     @property
+    def is_configured(self) -> bool:
+        """A bridge whose bus numbers are assigned: it forwards to buses secondary..subordinate.
+        False for an unconfigured bridge (secondary = subordinate = 0: it claims no bus, and
+        scans that follow a bridge only when secondary > bus do not enter it) and for a
+        type 0 function."""
+        return self.is_bridge and (self.secondary, self.subordinate) != (0, 0)
+
+    @property
     def is_pcie(self) -> bool:
         """Has a PCI Express capability (and 4 KiB of config space)."""
         return self.port_type is not None
@@ -201,7 +214,7 @@ class Topology:
 
     Every function's bus must be a segment's root bus (its start bus, or one listed in
     `extra_roots` as (segment, bus), for host bridges the firmware describes separately) or a
-    bridge's secondary bus.
+    configured bridge's secondary bus (an unconfigured bridge leads to no bus).
     """
 
     functions: list[Function]
@@ -244,10 +257,10 @@ class Topology:
             seg = self._segments.get(f.bdf.segment)
             if seg is None:
                 raise PciAddressError(f"{f.bdf}: no ECAM segment {f.bdf.segment}")
-            if not seg.has_bus(f.bdf.bus) or (f.is_bridge and not seg.has_bus(f.subordinate)):
+            if not seg.has_bus(f.bdf.bus) or (f.is_configured and not seg.has_bus(f.subordinate)):
                 raise PciAddressError(f"{f.bdf}: bus outside segment {seg.segment}'s buses "
                                       f"{seg.start_bus:#x}..{seg.end_bus:#x}")
-            if f.is_bridge:
+            if f.is_configured:
                 key = (f.bdf.segment, f.secondary)
                 if key in secondaries or key in roots:
                     raise ValueError(f"{f.bdf}: secondary bus {f.secondary:#x} already in use")
@@ -259,12 +272,12 @@ class Topology:
                 raise ValueError(f"{f.bdf}: no bridge leads to bus {f.bdf.bus:#04x}")
             parent = secondaries.get(key)
             if parent is not None and not (parent.secondary <= f.bdf.bus
-                                           and (not f.is_bridge or f.subordinate <= parent.subordinate)):
+                                           and (not f.is_configured or f.subordinate <= parent.subordinate)):
                 raise ValueError(f"{f.bdf}: buses outside its parent bridge {parent.bdf}'s range")
 
     @staticmethod
     def _check_siblings(bridges):
-        """Bridges on one bus decode disjoint bus ranges (else two would claim a bus)."""
+        """Configured bridges on one bus decode disjoint bus ranges (else two would claim a bus)."""
         by_bus = {}
         for b in bridges:
             by_bus.setdefault((b.bdf.segment, b.bdf.bus), []).append(b)
@@ -320,9 +333,10 @@ class Topology:
         return [f for f in self.functions if f.bdf.segment == segment and f.bdf.bus == bus]
 
     def bridge_to(self, segment: int, bus: int) -> Function | None:
-        """The bridge whose secondary bus is `bus`, or None for a root bus."""
+        """The bridge whose secondary bus is `bus`, or None for a root bus (an unconfigured
+        bridge's secondary 0 leads nowhere)."""
         for f in self.functions:
-            if f.is_bridge and f.bdf.segment == segment and f.secondary == bus:
+            if f.is_configured and f.bdf.segment == segment and f.secondary == bus:
                 return f
         return None
 
@@ -362,7 +376,7 @@ class Topology:
         for i, f in enumerate(kids):
             last = i == len(kids) - 1
             lines.append(f"{indent}{'└─' if last else '├─'} {_describe(f, self.is_multifunction(f.bdf))}")
-            if f.is_bridge:
+            if f.is_configured:
                 self._tree_bus(lines, segment, f.secondary, indent + ("   " if last else "│  "))
 
 
@@ -397,5 +411,5 @@ def _describe(f: Function, multifunction: bool) -> str:
     if multifunction:
         extras.append("multifunction")
     if f.is_bridge:
-        extras.append(f"buses {f.secondary:02x}-{f.subordinate:02x}")
+        extras.append(f"buses {f.secondary:02x}-{f.subordinate:02x}" if f.is_configured else "unconfigured")
     return text + (f" ({', '.join(extras)})" if extras else "")

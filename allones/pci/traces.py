@@ -21,9 +21,9 @@ import numpy as np
 
 from .access import ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, check_accesses
 from .ecam import BUS_SHIFT, PciAddressError, Segment, ecam_offset
-from .parsers import ParseError
+from .parsers import ParseError, quote
 from .qemu_log import (ECAM_ADDRESSING, MMCFG_REGION, EcamAddressing, LogError, console_window, decode,
-                       ecam_addressing, open_log, quote, read_log)
+                       ecam_addressing, open_log, read_log)
 from .topology import Topology, _segment
 
 class TraceParseError(ParseError):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from allones.pci.builders import multi_segment, q35_default, random_topology, root_port_farm
 from allones.pci.ecam import Bdf
-from allones.pci.parsers import (TopologyParseError, format_info_pci, format_lspci, parse_info_pci,
+from allones.pci.parsers import (TopologyParseError, quote, format_info_pci, format_lspci, parse_info_pci,
                                  parse_lspci, read_topology)
 from allones.pci.topology import Bar, BarKind, Function, PortType
 
@@ -349,6 +349,53 @@ def test_info_pci_empty_text_is_line_0(text):
 def test_info_pci_skips_the_monitor_prompt():
     t = parse_info_pci("(qemu) info pci\n" + INFO_OK)
     assert len(t) == 3
+
+
+@pytest.mark.parametrize("lineno, new, field", [
+    (9, "      secondary bus one.", "secondary bus"),
+    (10, "      subordinate bus -1.", "subordinate bus"),
+    (8, "      BUS 0x0.", "BUS"),
+    (3, "      PCI subsystem 1af4:11", "PCI subsystem"),
+    (14, "      BAR0: 32 bit memory at 0xc1089000.", "BAR"),
+    (16, "  Bus 1, device 0, function:", "Bus"),
+])
+def test_info_pci_malformed_field_lines_name_the_field(lineno, new, field):
+    err = parse_error(parse_info_pci, replace_line(INFO_OK, lineno, new))
+    assert err.line == lineno and err.detail.startswith(f"malformed {field} line (expected")
+    assert err.detail.endswith(repr(new.strip()))
+
+
+def test_info_pci_a_second_field_line_is_an_error():
+    """A function's second 'secondary bus' line would silently replace the first."""
+    err = parse_error(parse_info_pci, replace_line(INFO_OK, 10, "      secondary bus 2."))
+    assert err.line == 10 and err.detail == "a second secondary line for this function: 'secondary bus 2.'"
+
+
+# -- quoting input in messages ------------------------------------------------------------------
+
+def test_quote_keeps_short_text_whole_and_cuts_long_text_visibly():
+    assert quote("abc") == "'abc'"
+    assert quote("x" * 120) == repr("x" * 120)
+    assert quote("x" * 121) == repr("x" * 120) + "…"
+    assert quote("abcdef", limit=3) == "'abc'…"
+
+
+@pytest.mark.parametrize("parse, text, line, start", [
+    (parse_lspci, "00:00.0 0600: 8086:29c0\n" + "z" * 500 + "\n", 2, "not an `lspci -n` line: "),
+    (parse_info_pci, INFO_OK + "      " + "q" * 500 + "\n", 20, "not an `info pci` line: "),
+    (parse_info_pci, "w" * 500 + "\n", 1, "expected '  Bus N, device N, function N:', got "),
+    (parse_info_pci, replace_line(INFO_OK, 17, "    " + "F" * 300 + ": PCI device 1af4:1041"), 17,
+     "unknown class description "),
+], ids=["lspci", "info-pci", "before-first-bus", "class"])
+def test_long_input_is_cut_visibly_in_messages(parse, text, line, start):
+    err = parse_error(parse, text)
+    cut = text.splitlines()[line - 1].strip()[:120]
+    assert err.line == line and err.detail == start + repr(cut) + "…"
+
+
+def test_input_of_up_to_120_characters_is_quoted_whole():
+    line = "y" * 120
+    assert parse_error(parse_lspci, line + "\n").detail == f"not an `lspci -n` line: {line!r}"
 
 
 # -- read_topology ----------------------------------------------------------------------------
