@@ -166,21 +166,24 @@ def scan(args, out) -> int:
 
 
 def trace_import(args, out) -> int:
-    """`allones trace import PATH`: parse, replay on one VM, report mismatches; --csv writes
-    the MMCONFIG accesses."""
+    """`allones trace import PATH`: read a capture and the topology it ran on (given, or
+    inferred from the log), say what was skipped and assumed, replay it on one VM, count
+    reads answered differently; --csv writes the MMCONFIG accesses."""
     from pathlib import Path
 
-    from .pci.traces import format_csv, read_trace
+    from .pci.traces import format_csv, load_capture
     if args.csv and not Path(args.csv).resolve().parent.is_dir():    # before the work
         raise FileNotFoundError(f"--csv {args.csv}: no such directory {Path(args.csv).resolve().parent}")
-    trace = read_trace(args.path)
-    topology = _topology(args)
-    vmm = _vmm(args, topology)
-    run = vmm.replay(trace.as_scan(topology, args.part, name=str(args.path)))
-    print(f"{len(trace.accesses)} config accesses"
-          + (f"; the kernel starts at access {trace.kernel_start}" if trace.kernel_start is not None else ""),
-          file=out)
+    with _byte_progress(f"reading {Path(args.path).name}") as progress:
+        capture = load_capture(args.path, args.topology, args.part, ecam_base=args.ecam_base,
+                               ecam_buses=args.ecam_buses, ecam_addr=args.ecam_addr, strict=args.strict,
+                               progress=progress)
+    trace, topology = capture.trace, capture.topology
+    _print_capture(capture, out)
+    run = _vmm(args, topology).replay(capture.scan)
     _print_run(run, out)
+    print("  (a hole read answered differently is a fault of the backing; a present function's is the "
+          "config-space model answering otherwise than QEMU's device did, not an error in the log)", file=out)
     if args.csv:
         with open(args.csv, "w") as f:
             f.write(format_csv(trace.part(args.part)))
@@ -188,15 +191,96 @@ def trace_import(args, out) -> int:
     return 0
 
 
+def _print_capture(capture, out) -> None:
+    """What a capture holds, what was skipped, and what was assumed."""
+    trace, topology = capture.trace, capture.topology
+    print(f"{len(trace.accesses)} config accesses"
+          + (f"; the kernel starts at access {trace.kernel_start}" if trace.kernel_start is not None else "")
+          + f"; replaying {capture.part}: {len(capture.scan.accesses)}", file=out)
+    if trace.ecam is not None:
+        print(f"ECAM: addr read as {'guest-physical' if trace.ecam.mode == 'gpa' else 'an offset in the window'}"
+              f" ({trace.ecam.how})", file=out)
+    how = "inferred from the log's pci_cfg_* events" if capture.inferred else "given"
+    print(f"topology {topology.name} ({how}): {len(topology)} functions; window {topology.segments[0].window_start:#x}"
+          f", buses {topology.segments[0].start_bus:02x}-{topology.segments[0].end_bus:02x}", file=out)
+    if trace.skipped:
+        kinds = trace.skipped.most_common()
+        print(f"skipped {sum(trace.skipped.values())} lines of {len(kinds)} kinds (not config accesses):", file=out)
+        for kind, count in kinds[:10]:
+            print(f"  {count:>9}  {kind}", file=out)
+        if len(kinds) > 10:
+            print(f"  {sum(c for _, c in kinds[10:]):>9}  in {len(kinds) - 10} other kinds "
+                  f"({', '.join(k for k, _ in kinds[10:14])}…)", file=out)
+    for note in capture.notes:
+        print(f"note: {note}", file=out)
+
+
+class _byte_progress:
+    """A rich progress bar over bytes read, on stderr, only when stderr is a terminal;
+    yields the progress(done, total) callback (None otherwise)."""
+
+    def __init__(self, what: str):
+        self.what, self.bar = what, None
+
+    def __enter__(self):
+        if not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self.bar.__enter__()
+        task = self.bar.add_task(self.what, total=None)
+        return lambda done, total: self.bar.update(task, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def _capture_args(p, topology: bool = True) -> None:
+    """The options that read a capture (trace import, compare --trace)."""
+    if topology:
+        p.add_argument("--topology", "-t", metavar="SPEC",
+                       help="the topology the boot ran on: a file of QEMU `info pci` / `lspci -n` text (its "
+                            "ECAM window comes from the log), or a builder spec (q35, farm:N, ...). Default: "
+                            "inferred from the log's pci_cfg_* events; refused if it has none")
+    p.add_argument("--ecam-base", type=_address, metavar="ADDR",
+                   help="bus 0's guest-physical ECAM address, decimal or 0x-hex (default: from the log: its "
+                        "responder events or the kernel's ECAM/MMCONFIG console line)")
+    p.add_argument("--ecam-buses", type=_int_in(1, 256), metavar="N",
+                   help="buses in the window from bus 0 (default: the kernel's console line; with "
+                        "--ecam-base alone, 256)")
+    p.add_argument("--ecam-addr", choices=("auto", "gpa", "offset"), default="auto",
+                   help="whether the log's ECAM addr is guest-physical or an offset in the window (an "
+                        "alias, as arm64 virt maps it); default auto: told by the responder events")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse any line that is not a memory_region_ops_* or pci_cfg_* event, and a cut "
+                        "last line (default: skip and count them)")
+
+
+def _address(text: str) -> int:
+    """An argparse type: a non-negative address, decimal or 0x-hex."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address: {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text} does not fit 64 bits")
+    return value
+
+
 def compare(args, out) -> int:
-    """`allones compare`: every strategy x the default scans on a fleet; table, CSV, JSON, plots."""
+    """`allones compare`: every strategy x the default scans (or a recorded boot, --trace) on
+    a fleet; table, CSV, JSON, plots."""
     from pathlib import Path
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .experiments import report
-    from .experiments.compare import DEFAULT_SCANS, compare as run_compare
+    from .experiments.compare import compare as run_compare
     from .experiments.costmodel import CostModel
     from .experiments.strategies import STRATEGIES, get_strategy
     costs = CostModel.from_toml(args.costs) if args.costs is not None else CostModel.default()
@@ -206,24 +290,45 @@ def compare(args, out) -> int:
         strategies = [get_strategy(s.strip()).name for s in args.strategies.split(",")]
         if len(set(strategies)) != len(strategies):
             raise ValueError(f"--strategies: {args.strategies!r} names a strategy twice")
+    scans, params = _compare_scans(args)           # a bad capture fails here: nothing written
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)      # before the work: a bad --out fails at once
     console = Console(file=out)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"fleets of {args.vms} VMs", total=len(strategies) * len(DEFAULT_SCANS))
-        results = run_compare(strategies, DEFAULT_SCANS, args.vms, seed=args.seed, costs=costs,
+        task = bar.add_task(f"fleets of {args.vms} VMs", total=len(strategies) * len(scans))
+        results = run_compare(strategies, scans, args.vms, seed=args.seed, costs=costs,
                               workers=args.workers, progress=lambda done, total: bar.update(task, completed=done))
     rows = report.summary_rows(results)
     report.print_tables(rows, costs.describe(), console)
     report.write_csv(rows, outdir / "compare.csv")
     report.write_vm_csv(results, outdir / "compare-vms.csv")
     report.write_json(results, rows, dict(vms=args.vms, seed=args.seed, strategies=strategies,
-                                          scans=[s.label for s in DEFAULT_SCANS]), outdir / "compare.json")
+                                          scans=[s.label for s in scans], **params), outdir / "compare.json")
     written = [] if args.no_plots else report.plot_all(results, rows, outdir)
     console.print(f"wrote {outdir}/compare.csv, compare-vms.csv, compare.json"
                   + (f" and {len(written)} figures" if written else ""))
     return 0
+
+
+def _compare_scans(args) -> tuple[tuple, dict]:
+    """compare's scans, and what compare.json records of them: DEFAULT_SCANS, or the
+    capture --trace names (read and checked now, before any fleet)."""
+    from .experiments.compare import DEFAULT_SCANS, TraceSpec
+    if args.trace is None:
+        given = [option for option, value in (
+            ("--topology", args.topology), ("--part", args.part), ("--ecam-base", args.ecam_base),
+            ("--ecam-buses", args.ecam_buses), ("--ecam-addr", None if args.ecam_addr == "auto" else 1),
+            ("--strict", args.strict or None)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --trace")
+        return DEFAULT_SCANS, {}
+    spec = TraceSpec(args.trace, args.topology, args.part or "all", args.ecam_base, args.strict,
+                     ecam_buses=args.ecam_buses, ecam_addr=args.ecam_addr)
+    return (spec,), dict(trace=dict(path=spec.path, topology=spec.topology, part=spec.part,
+                                    ecam_base=spec.ecam_base, ecam_buses=spec.ecam_buses,
+                                    ecam_addr=spec.ecam_addr, strict=spec.strict, sha256=spec.digest,
+                                    mechanism=spec.mechanism))
 
 
 def sweep(args, out) -> int:
@@ -265,11 +370,17 @@ def sweep(args, out) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-    shape = " x ".join(f"{n} {one if n == 1 else many}" for n, one, many in (
-        (len(config.strategies), "strategy", "strategies"), (len(config.scans), "scan", "scans"),
-        (len(config.vms), "fleet size", "fleet sizes"), (len(config.topologies), "topology mix", "topology mixes"),
-        (len(config.costs), "cost variant", "cost variants")))
-    print(f"sweep: {cells} cells ({shape}), seed {config.seed}", file=out)
+    from .experiments.compare import TraceSpec
+    captures = sum(isinstance(s, TraceSpec) for s in config.scans)
+
+    def shape(n_scans, mixes):
+        return " x ".join(f"{n} {one if n == 1 else many}" for n, one, many in (
+            (len(config.strategies), "strategy", "strategies"), (n_scans, "scan", "scans"),
+            (len(config.vms), "fleet size", "fleet sizes"), (mixes, "topology mix", "topology mixes"),
+            (len(config.costs), "cost variant", "cost variants")))
+    parts = [shape(len(config.scans) - captures, len(config.topologies))] if len(config.scans) > captures else []
+    parts += [shape(captures, 1) + " (captures run on their own topology)"] if captures else []
+    print(f"sweep: {cells} cells ({' + '.join(parts)}), seed {config.seed}", file=out)
     print(f"  ran {len(result.ran)}, skipped {len(result.skipped)} (already done), "
           f"failed {len(result.failed)} (the host refused the setup), crashed {len(result.crashed)}",
           file=out)
@@ -289,11 +400,20 @@ def main(argv=None) -> int:
     p = sub.add_parser("compare", help="every strategy on a fleet of VMs: table, CSV, JSON, plots")
     p.add_argument("--vms", type=_int_in(1), default=64, help="VMs in each fleet (default 64)")
     p.add_argument("--strategies", help="comma-separated strategy names (default: all)")
-    p.add_argument("--seed", type=_int_in(0), default=0, help="seeds the fleets' topology mix")
-    p.add_argument("--costs", metavar="TOML", help="override cost constants ([costs] table)")
-    p.add_argument("--out", default="allones-results", help="directory for CSV, JSON and plots")
+    p.add_argument("--seed", type=_int_in(0), default=0, help="seeds the fleets' topology mix (default 0)")
+    p.add_argument("--costs", metavar="TOML", help="override cost constants ([costs] table; default: "
+                                                   "the built-in constants)")
+    p.add_argument("--out", default="allones-results",
+                   help="directory for CSV, JSON and plots (default allones-results)")
     p.add_argument("--workers", type=_int_in(1), help="processes (default: the CPUs)")
-    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures (default: write them)")
+    p.add_argument("--trace", metavar="FILE", help="run this recorded boot (a QEMU trace log, .gz or not, "
+                   "or op,offset,size,value CSV) instead of the built-in scans; every VM has its topology. "
+                   "The options below read it (default: the built-in scans on a topology mix)")
+    p.add_argument("--part", choices=("all", "firmware", "kernel"),
+                   help="with --trace: the accesses to replay, before or after the kernel's "
+                        "'Linux version' (default all)")
+    _capture_args(p)
     sub.add_parser("demo", help="translations, and one ECAM segment scanned under each backing")
     topo = sub.add_parser("topology", help="PCI topologies").add_subparsers(dest="action", required=True)
     _topology_args(topo.add_parser("show", help="print a topology as a tree, with its hole layout"))
@@ -314,10 +434,12 @@ def main(argv=None) -> int:
                    help="feed the scan the VM's own answers, access by access")
     trace = sub.add_parser("trace", help="recorded config accesses").add_subparsers(dest="action", required=True)
     p = trace.add_parser("import", help="read a QEMU trace log or CSV, summarise and replay it")
-    p.add_argument("path")
-    _topology_args(p)
+    p.add_argument("path", help="a QEMU log of -trace memory_region_ops_* and pci_cfg_* (plain or gzip, "
+                                "as QEMU wrote it), or a CSV of accesses (.csv)")
+    _capture_args(p)
     _backing_args(p)
-    p.add_argument("--part", default="all", choices=("all", "firmware", "kernel"))
+    p.add_argument("--part", default="all", choices=("all", "firmware", "kernel"),
+                   help="the accesses to replay: before the kernel's console text, after, or all (default)")
     p.add_argument("--csv", help="also write its MMCONFIG accesses as op,offset,size,value")
     p = sub.add_parser("sweep", help="a grid of fleets from a TOML config: tidy CSV, tables, figures")
     p.add_argument("config", metavar="CONFIG.toml", help="the grid: a [sweep] table")

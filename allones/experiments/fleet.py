@@ -1,5 +1,6 @@
-"""Fleets: N VMs on one Host, each with its own topology, each running a scan under one
-strategy; per-VM and host totals, and the modeled time from the cost model.
+"""Fleets: N VMs on one Host, each with its own topology, each running a scan (or one ready
+plan, such as a recorded boot, on the plan's topology) under one strategy; per-VM and host
+totals, and the modeled time from the cost model.
 
 Memory is the host's frames (really allocated in materialized mode, counted in accounting
 mode, which a fleet of filled VMs beyond `ram_budget` uses). Page-table memory is every VM's
@@ -83,42 +84,58 @@ def scan_events(stats: dict, pio_exits: int) -> tuple[dict, dict]:
     return ecam, dict(userspace_exits=pio_exits)
 
 
-def run_fleet(strategy: str | Strategy, scan: str, mechanism: str = "linux-x86-default",
+def run_fleet(strategy: str | Strategy, scan: str | None = None, mechanism: str = "linux-x86-default",
               n_vms: int = 64, mix=DEFAULT_MIX, seed: int = 0, costs: CostModel | None = None,
               materialize: bool | None = None, ram_budget: int = RAM_BUDGET,
-              progress=None, options: dict | None = None) -> FleetResult:
+              progress=None, options: dict | None = None, *, plan: ScanResult | None = None) -> FleetResult:
     """Run `n_vms` VMs on one Host under `strategy`, each scanning its own topology.
 
     materialize: None decides by `ram_budget` (filled fleets that would not fit are counted,
     not allocated). progress: called with no arguments after each VM. options: the scan's.
+    plan: a ready ScanResult (e.g. a recorded boot, traces.load_capture) instead of `scan`:
+    every VM has the plan's topology and replays it (mechanism, mix, seed are then unused).
     """
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy: a name or a Strategy, not {type(strategy).__name__}")
     if n_vms < 1:
         raise ValueError(f"n_vms {n_vms} must be at least 1")
-    if isinstance(mix, str) or not mix:
-        raise ValueError(f"mix: a non-empty list of topology specs, not {mix!r}")
     costs = costs or CostModel.default()
     if not isinstance(costs, CostModel):
         raise TypeError(f"costs: a CostModel, not {type(costs).__name__}")
-    topologies = topology_mix(n_vms, mix, seed)
+    topologies, plans = _fleet_plans(n_vms, scan, mechanism, mix, seed, options, plan)
     if materialize is None:      # what the fills would allocate: every segment's holes
         need = sum(sum(s.size for s in t.segments) for t in topologies) if strategy.fills else 0
         materialize = need <= ram_budget
     host = strategy.make_host(materialize=materialize)
     rows, curve, tables, vms, vm_tables = [], [], [], [], 0
-    for index, topology in enumerate(topologies):
-        plan = cached_plan(topology, scan, mechanism, options or {})
-        rows.append(_run_vm(strategy, host, topology, plan, index, costs, vms))
+    for index, (topology, vm_plan) in enumerate(zip(topologies, plans)):
+        rows.append(_run_vm(strategy, host, topology, vm_plan, index, costs, vms))
         curve.append(host.nr_frames * PAGE_SIZE)
         vm_tables += rows[-1]["table_bytes"]
         tables.append(vm_tables + host.shared_pt_pages * PAGE_SIZE)
         if progress is not None:
             progress()
-    return FleetResult(strategy.name, scan, mechanism, rows,
-                       _host_totals(strategy, host, vms, rows, costs, materialize), curve,
-                       tables, costs.as_dict())
+    name, mechanism = (plan.name, plan.mechanism) if plan is not None else (scan, mechanism)
+    return FleetResult(strategy.name, name, mechanism, rows,
+                       _host_totals(strategy, host, vms, rows, costs, materialize), curve, tables,
+                       costs.as_dict())
+
+
+def _fleet_plans(n_vms, scan, mechanism, mix, seed, options, plan) -> tuple[list, list]:
+    """(topology, plan) of each VM: drawn from `mix` and planned, or the one ready plan."""
+    if plan is not None:
+        if not isinstance(plan, ScanResult):
+            raise TypeError(f"plan: a ScanResult, not {type(plan).__name__}")
+        if scan is not None or options:
+            raise ValueError("run_fleet: give a scan (and its options) or a plan, not both")
+        return [plan.topology] * n_vms, [plan] * n_vms
+    if scan is None:
+        raise ValueError("run_fleet: give a scan name or a plan")
+    if isinstance(mix, str) or not mix:
+        raise ValueError(f"mix: a non-empty list of topology specs, not {mix!r}")
+    topologies = topology_mix(n_vms, mix, seed)
+    return topologies, [cached_plan(t, scan, mechanism, options or {}) for t in topologies]
 
 
 def _run_vm(strategy, host, topology, plan, index, costs, vms) -> dict:

@@ -180,7 +180,8 @@ def _time(plt, results, rows):
 def _events(plt, results, rows):
     import numpy as np
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    label = "linux-boot (MMCONFIG)"
+    labels = list(dict.fromkeys(r["scan"] for r in rows))     # a capture alone: its own
+    label = "linux-boot (MMCONFIG)" if "linux-boot (MMCONFIG)" in labels else labels[0]
     by = {r["strategy"]: r for r in rows if r["scan"] == label and not r["error"]}
     fig, ax = plt.subplots(figsize=(8, 4))
     keys = (("faults_per_vm", "EPT faults"), ("prefaulted_per_vm", "prefaulted"),

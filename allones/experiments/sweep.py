@@ -16,6 +16,14 @@ The config is TOML, one `[sweep]` table (every key optional except as noted)::
     mechanism = "mmconfig"                    # default: linux-x86-default for linux-*, else mmconfig
     options = {pcie_scan_all = true}          # the scan's keyword options
 
+    [[sweep.scans]]                           # a recorded boot instead of a scan program
+    label = "my boot"                         # default: trace:<file name>:<part>
+    trace = "boot.log.gz"                     # QEMU trace log or CSV (pci.traces.load_capture)
+    topology = "info_pci.txt"                 # a file or a builder spec (default: from the log)
+    part = "kernel"                           # all (the default), firmware or kernel
+    ecam_base = 0xb0000000                    # bus 0's ECAM address (default: from the log)
+    # also ecam_buses, ecam_addr, strict: load_capture's (as `allones compare --trace` takes them)
+
     [[sweep.topologies]]                      # default: one mix, "default" = fleet.DEFAULT_MIX
     name = "q35-only"
     mix = ["q35"]                             # specs for pci.builders.from_spec
@@ -23,6 +31,12 @@ The config is TOML, one `[sweep]` table (every key optional except as noted)::
     [[sweep.costs]]                           # default: one variant, "default"
     name = "slow-exits"
     set = {exit_to_userspace_ns = 10000}      # CostModel.with_overrides(**set)
+
+Relative `trace` and `topology` paths start at the TOML file's directory. A capture's cells
+ignore `[[sweep.topologies]]`: every VM has the capture's topology, so it gives one cell per
+strategy, fleet size and cost variant, whose key carries the sha256 of its files (change
+the file and its cells run again). The capture is read when the config loads (a bad one is
+an error naming its key); workers get it from this process or read it again.
 
 Every cell (one fleet) uses the same seed, so strategies compare on the same topologies.
 Cells run in a local process pool, or on a Dask cluster (`scheduler=`: an address, a
@@ -188,7 +202,8 @@ def _run_cells(todo, scheduler, workers, report) -> None:
 
 
 def _run_pool(todo, workers, report) -> None:
-    pool = ProcessPoolExecutor(workers, initializer=_worker_signals)
+    pool = ProcessPoolExecutor(workers, initializer=_worker_init,
+                               initargs=(_compare.captures([cell.scan for cell in todo]),))
     futures, reported = {}, set()
     try:
         futures = {pool.submit(run_cell, cell): cell for cell in todo}
@@ -217,6 +232,12 @@ def _report_future(future, cell, report) -> None:
         report(cell, exc=exc)
     else:
         report(cell, rows)
+
+
+def _worker_init(loaded: dict) -> None:
+    """In each worker: the parent's captures (compare.share_captures), and its signals."""
+    _compare.share_captures(loaded)
+    _worker_signals()
 
 
 def _worker_signals() -> None:

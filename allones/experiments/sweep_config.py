@@ -1,6 +1,7 @@
 """The sweep's config: load and check a `[sweep]` TOML table (every error names its key),
 and expand it into the grid of cells, in a fixed order, each with a stable key. See sweep.py
-for the format."""
+for the format. A scan may be a recorded boot (`trace = "path"`): its cells run on the
+capture's topology, not on the topology mixes."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import tomllib
 from .. import __version__
 from ..pci.access import MECHANISMS
 from ..pci.builders import from_spec
+from ..pci.qemu_log import ECAM_ADDRESSING
 from ..pci.scans import SCANS
-from .compare import DEFAULT_SCANS, ScanSpec
+from .compare import DEFAULT_SCANS, TRACE_PARTS, ScanSpec, TraceSpec
 from .costmodel import CostModel
 from .fleet import DEFAULT_MIX
 from ..pci.builders import q35_chipset
@@ -35,6 +37,8 @@ PARAM_COLUMNS = ("key", "strategy", "scan", "scan_program", "mechanism", "option
 DEFAULT_VMS = (64,)
 DEFAULT_OUT = "sweep-results"
 _KEYS = {"seed", "strategies", "scans", "vms", "topologies", "costs", "out"}
+_SCAN_KEYS = {"label", "scan", "mechanism", "options"}
+_TRACE_KEYS = {"label", "trace", "topology", "part", "ecam_base", "ecam_buses", "ecam_addr", "strict"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class SweepConfig:
 
     seed: int = 0
     strategies: tuple[str, ...] = tuple(STRATEGIES)
-    scans: tuple[ScanSpec, ...] = DEFAULT_SCANS
+    scans: tuple[ScanSpec | TraceSpec, ...] = DEFAULT_SCANS
     vms: tuple[int, ...] = DEFAULT_VMS
     topologies: tuple[tuple[str, tuple[str, ...]], ...] = (("default", DEFAULT_MIX),)
     costs: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = (("default", ()),)
@@ -55,13 +59,24 @@ class SweepConfig:
         lines = ["[sweep]", f"seed = {self.seed}", f"strategies = {_toml(list(self.strategies))}",
                  f"vms = {_toml(list(self.vms))}", f"out = {_toml(self.out)}"]
         for s in self.scans:
-            lines += ["", "[[sweep.scans]]", f"label = {_toml(s.label)}", f"scan = {_toml(s.scan)}",
-                      f"mechanism = {_toml(s.mechanism)}", f"options = {_toml(dict(s.options))}"]
+            lines += ["", "[[sweep.scans]]", f"label = {_toml(s.label)}"] + _scan_toml(s)
         for name, mix in self.topologies:
             lines += ["", "[[sweep.topologies]]", f"name = {_toml(name)}", f"mix = {_toml(list(mix))}"]
         for name, overrides in self.costs:
             lines += ["", "[[sweep.costs]]", f"name = {_toml(name)}", f"set = {_toml(dict(overrides))}"]
         return "\n".join(lines) + "\n"
+
+
+def _scan_toml(spec) -> list[str]:
+    """A scan's lines of to_toml but its label: a capture's paths are absolute (as loaded),
+    so the copy loads from anywhere."""
+    if isinstance(spec, ScanSpec):
+        return [f"scan = {_toml(spec.scan)}", f"mechanism = {_toml(spec.mechanism)}",
+                f"options = {_toml(dict(spec.options))}"]
+    optional = (("topology", spec.topology), ("ecam_base", spec.ecam_base), ("ecam_buses", spec.ecam_buses),
+                ("ecam_addr", spec.ecam_addr))
+    return ([f"trace = {_toml(spec.path)}", f"part = {_toml(spec.part)}", f"strict = {_toml(spec.strict)}"]
+            + [f"{key} = {_toml(value)}" for key, value in optional if value is not None])
 
 
 @dataclass(frozen=True)
@@ -70,7 +85,7 @@ class Cell:
 
     index: int
     strategy: str
-    scan: ScanSpec
+    scan: ScanSpec | TraceSpec
     vms: int
     topology: str
     mix: tuple[str, ...]
@@ -113,11 +128,12 @@ def load_config(config) -> SweepConfig:
     Everything is checked here: ValueError naming the key otherwise."""
     if isinstance(config, SweepConfig):
         return config
-    source = None
+    source, base = None, Path.cwd()
     if not isinstance(config, (Mapping, str, os.PathLike)):
         raise TypeError(f"config: a path to a TOML file, a mapping or a SweepConfig, not "
                         f"{type(config).__name__}")
     if not isinstance(config, Mapping):
+        base = Path(config).resolve().parent     # a capture's relative paths start here
         try:
             source = Path(config).read_text()
         except UnicodeDecodeError as exc:
@@ -144,7 +160,7 @@ def load_config(config) -> SweepConfig:
     if "strategies" in sweep:
         kwargs["strategies"] = _strategies(sweep["strategies"])
     if "scans" in sweep:
-        kwargs["scans"] = _scans(sweep["scans"])
+        kwargs["scans"] = _scans(sweep["scans"], base)
     if "vms" in sweep:
         kwargs["vms"] = _vms(sweep["vms"])
     if "topologies" in sweep:
@@ -219,28 +235,71 @@ def _strategies(value) -> tuple[str, ...]:
 
 
 
-def _scans(value) -> tuple[ScanSpec, ...]:
+def _scans(value, base: Path) -> tuple:
+    """The [[sweep.scans]] tables: scan programs, and captures (`trace`) whose relative paths
+    start at `base` (the TOML file's directory)."""
     specs = []
     for i, table in enumerate(_list(value, "sweep.scans")):
         where = f"sweep.scans[{i}]"
         table = _table(table, where)
-        _fields(table, where, {"label", "scan", "mechanism", "options"}, {"scan"})
-        name = table["scan"]
-        if not isinstance(name, str) or name not in SCANS:
-            raise ValueError(f"{where}.scan: unknown scan {name!r}; one of {', '.join(SCANS)}")
-        mechanism = table.get("mechanism", default_mechanism(name))
-        if mechanism not in MECHANISMS:
-            raise ValueError(f"{where}.mechanism: unknown mechanism {mechanism!r}; one of "
-                             f"{', '.join(MECHANISMS)}")
-        options = dict(_table(table.get("options", {}), f"{where}.options"))
-        for key, v in options.items():
-            if not isinstance(v, (bool, int, float, str)):
-                raise ValueError(f"{where}.options.{key}: {v!r} is not a number, string or boolean")
-        _try_scan(name, mechanism, options, f"{where}.options")
-        label = _name(table.get("label", name), f"{where}.label")
-        specs.append(ScanSpec(label, name, mechanism, options))
+        specs.append(_trace_scan(table, where, base) if "trace" in table else _program_scan(table, where))
     _unique([s.label for s in specs], "sweep.scans (label)")
     return tuple(specs)
+
+
+def _program_scan(table, where: str) -> ScanSpec:
+    _fields(table, where, _SCAN_KEYS, {"scan"})
+    name = table["scan"]
+    if not isinstance(name, str) or name not in SCANS:
+        raise ValueError(f"{where}.scan: unknown scan {name!r}; one of {', '.join(SCANS)}")
+    mechanism = table.get("mechanism", default_mechanism(name))
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"{where}.mechanism: unknown mechanism {mechanism!r}; one of "
+                         f"{', '.join(MECHANISMS)}")
+    options = dict(_table(table.get("options", {}), f"{where}.options"))
+    for key, v in options.items():
+        if not isinstance(v, (bool, int, float, str)):
+            raise ValueError(f"{where}.options.{key}: {v!r} is not a number, string or boolean")
+    _try_scan(name, mechanism, options, f"{where}.options")
+    label = _name(table.get("label", name), f"{where}.label")
+    return ScanSpec(label, name, mechanism, options)
+
+
+def _trace_scan(table, where: str, base: Path) -> TraceSpec:
+    """A capture: every key checked, and the capture read (TraceSpec), now, not in each cell."""
+    _fields(table, where, _TRACE_KEYS, {"trace"})
+    path = base / _name(table["trace"], f"{where}.trace")
+    if not path.is_file():
+        raise ValueError(f"{where}.trace: no trace file {path}")
+    topology = table.get("topology")
+    if topology is not None:
+        topology = _name(topology, f"{where}.topology")
+        if (base / topology).is_file():           # else a builder spec, e.g. "q35"
+            topology = str((base / topology).resolve())
+        try:
+            from_spec(topology)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{where}.topology: {exc}") from None
+    part = table.get("part", "all")
+    if part not in TRACE_PARTS:
+        raise ValueError(f"{where}.part: {part!r} is not one of {', '.join(TRACE_PARTS)}")
+    ecam_base, ecam_buses = table.get("ecam_base"), table.get("ecam_buses")
+    if ecam_base is not None and (not _is_int(ecam_base) or ecam_base < 0):
+        raise ValueError(f"{where}.ecam_base: {ecam_base!r} is not an address (an integer >= 0)")
+    if ecam_buses is not None and (not _is_int(ecam_buses) or not 1 <= ecam_buses <= 256):
+        raise ValueError(f"{where}.ecam_buses: {ecam_buses!r} is not a bus count (1 to 256)")
+    ecam_addr = table.get("ecam_addr", "auto")
+    if ecam_addr not in ECAM_ADDRESSING:
+        raise ValueError(f"{where}.ecam_addr: {ecam_addr!r} is not one of {', '.join(ECAM_ADDRESSING)}")
+    strict = table.get("strict", False)
+    if not isinstance(strict, bool):
+        raise ValueError(f"{where}.strict: {strict!r} is not true or false")
+    label = _name(table["label"], f"{where}.label") if "label" in table else ""
+    try:
+        return TraceSpec(str(path.resolve()), topology, part, ecam_base, strict, label,
+                         ecam_buses=ecam_buses, ecam_addr=ecam_addr)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{where}.trace: {exc}") from None
 
 
 def _try_scan(name: str, mechanism: str, options: dict, where: str) -> None:
@@ -320,12 +379,14 @@ def _toml(value) -> str:
 
 def expand(config) -> list[Cell]:
     """The grid's cells in a fixed order: scans, then topology mixes, cost variants, fleet
-    sizes, and strategies innermost. `config`: anything load_config takes."""
+    sizes, and strategies innermost. A capture's cells have its topology instead of the
+    mixes: one per cost variant, fleet size and strategy. `config`: anything load_config
+    takes."""
     config = load_config(config)
     resolved = {name: CostModel.default().with_overrides(**dict(o)).as_dict() for name, o in config.costs}
     cells = []
     for spec in config.scans:
-        for topology, mix in config.topologies:
+        for topology, mix in _mixes(spec, config):
             for cost, overrides in config.costs:
                 for n in config.vms:
                     for strategy in config.strategies:
@@ -340,3 +401,10 @@ def expand(config) -> list[Cell]:
                                           overrides, config.seed, key))
     return cells
 
+
+def _mixes(spec, config: SweepConfig) -> tuple:
+    """(name, mix) pairs a scan's cells run on: the config's mixes, or for a capture its own
+    topology alone (its options, hence its cells' keys, carry the files' sha256)."""
+    if isinstance(spec, TraceSpec):
+        return ((spec.options["topology"] or "inferred", ()),)
+    return config.topologies
