@@ -260,7 +260,7 @@ def parse_csv(source, segment: Segment | None = None) -> Trace:
             rows.append(_csv_access(row, lineno, columns, window))
             lines.append(lineno)
     acc = np.array(rows, dtype=ACCESS_DTYPE) if rows else np.empty(0, dtype=ACCESS_DTYPE)
-    ecam = EcamAddressing("gpa" if columns and "gpa" in columns else "offset",
+    ecam = EcamAddressing("gpa" if columns and "gpa" in columns else "offset",   # only the form used is kept
                           None if window is None else window.base, window, "the CSV's address column")
     return Trace(acc, np.array(lines, dtype=np.int64), None, ecam=ecam if rows else None, window=window,
                  notes=notes)
@@ -281,34 +281,47 @@ def _csv_rows(f, name):
             yield lineno, [x.strip() for x in row]
 
 
+#: the ways a CSV gives the address, in the order they are preferred when several are there
+_ADDRESS_FORMS = (("bdf", "reg"), ("bus", "dev", "fn", "reg"), ("offset",), ("gpa",))
+_ALL_NAMES = {name for names in CSV_COLUMNS.values() for name in names}
+
+
 def _csv_header(row, lineno, window, notes) -> dict | None:
-    """Column indices by role if `row` is a header (its first field is no op or number)."""
-    first = row[0].lower()
-    if first in _OPS or first[:1].isdigit():
-        return None
+    """Column indices by role if `row` is a header (it names a column past its first field,
+    or its first field is neither an op nor a number), else None."""
     names = [x.lower() for x in row]
+    if not (any(n in _ALL_NAMES for n in names[1:]) or names[0] not in _OPS and not names[0][:1].isdigit()):
+        return None
     columns = {}
     for role, aliases in CSV_COLUMNS.items():
         found = [names.index(a) for a in aliases if a in names]
         if found:
             columns[role] = min(found)
-    used = set(columns.values())
-    unused = [row[i] for i in range(len(row)) if i not in used]
-    if unused:
-        notes.append(f"CSV columns not used: {', '.join(unused)}")
-    need = [("op or is_write", ("op", "is_write")), ("size", ("size",)), ("value", ("value",))]
-    address = ("offset",) if "offset" in columns and "bdf" not in columns and "bus" not in columns else (
-        ("gpa",) if "gpa" in columns else ("bdf", "reg") if "bdf" in columns else ("bus", "dev", "fn", "reg"))
-    for what, roles in need + [(", ".join(address), address)]:
-        if not all(r in columns for r in roles) and not (what.startswith("op") and any(r in columns for r in roles)):
-            raise TraceParseError(lineno, f"the header {quote(','.join(row))} has no {what} column "
-                                  f"(column names: {', '.join(a for r in roles for a in CSV_COLUMNS[r][:3])})")
-    if "offset" in columns and ("bdf" in columns or "bus" in columns):
-        columns.setdefault("reg", columns.pop("offset"))    # beside a bdf, 'offset' is the register
+    if "offset" in columns and ("bdf" in columns or "bus" in columns) and "reg" not in columns:
+        columns["reg"] = columns.pop("offset")      # beside a bdf, 'offset' is the register
+    address = next((form for form in _ADDRESS_FORMS if all(r in columns for r in form)), None)
+    for what, roles in (("op or is_write", ("op", "is_write")), ("size", ("size",)), ("value", ("value",))):
+        if not any(r in columns for r in roles):
+            raise TraceParseError(lineno, _no_column(row, what, roles))
+    if address is None:         # name what a partly given form lacks, else every form
+        present = [(sum(r in columns for r in form), -i, form) for i, form in enumerate(_ADDRESS_FORMS)]
+        partial = max(present)[2] if max(present)[0] else None
+        lacking = tuple(r for r in partial if r not in columns) if partial else ("offset", "gpa", "bdf", "reg")
+        raise TraceParseError(lineno, _no_column(row, ", ".join(lacking) if partial else "address", lacking))
     if address == ("gpa",) and window is None:
         raise TraceParseError(lineno, "a gpa column needs the ECAM window's base (ecam_base, --ecam-base)")
-    columns["_width"] = len(row)
-    return columns
+    used = {"op", "is_write", "size", "value", *address} if "op" not in columns else {"op", "size", "value", *address}
+    kept = {role: i for role, i in columns.items() if role in used}
+    unused = [row[i] for i in range(len(row)) if i not in kept.values()]
+    if unused:
+        notes.append(f"CSV columns not used: {', '.join(unused)}")
+    kept["_width"] = len(row)
+    return kept
+
+
+def _no_column(row, what, roles) -> str:
+    return (f"the header {quote(','.join(row))} has no {what} column (names: "
+            f"{', '.join(a for r in roles for a in CSV_COLUMNS[r][:3])})")
 
 
 def _csv_access(row, lineno, columns, window) -> tuple:
