@@ -160,7 +160,7 @@ class _Reader:
         self.rows, self.responders, self.consoles = _Rows(), {}, {}
         self.skipped, self.latch, self.lcr = Counter(), 0, {}
         self.pending_read = None       # (offset, responder, reg, value) of a read event awaiting its access
-        self.last_write = None         # (row index, size, written) of the latest config write
+        self.last_write = None         # (row index, size, mech, addr) of the latest config write
         self.written = {}              # (bus, dev, fn, reg) -> the last dword written (BAR sizing)
         self.linux_at, self.lineno = None, 0
 
