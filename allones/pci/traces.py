@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .access import ACCESS_DTYPE, CONF1, MMCONFIG, ScanResult, check_accesses
-from .ecam import BUS_SHIFT, PciAddressError, Segment, ecam_offset
+from .ecam import BUS_SHIFT, DEV_SHIFT, FN_SHIFT, Bdf, PciAddressError, Segment, ecam_offset
 from .parsers import ParseError, quote
 from .qemu_log import (ECAM_ADDRESSING, MMCFG_REGION, EcamAddressing, LogError, console_window, decode,
                        ecam_addressing, open_log, read_log)
@@ -193,7 +193,7 @@ def _accesses(rows: np.ndarray, off: np.ndarray, window: Segment | None) -> np.n
     """ACCESS_DTYPE rows from decoded offsets; LogError at the first unaligned access, or
     the first ECAM access on a bus outside a known window."""
     acc = np.zeros(len(rows), dtype=ACCESS_DTYPE)
-    acc["bus"], acc["dev"], acc["fn"] = off >> BUS_SHIFT, off >> 15 & 31, off >> 12 & 7
+    acc["bus"], acc["dev"], acc["fn"] = off >> BUS_SHIFT, off >> DEV_SHIFT & 31, off >> FN_SHIFT & 7
     acc["reg"], acc["size"], acc["is_write"] = off & 0xFFF, rows["size"], rows["is_write"]
     acc["mech"], acc["value"] = rows["mech"], rows["value"]
     bad = acc["reg"] % acc["size"] != 0
@@ -358,7 +358,6 @@ def _csv_access(row, lineno, columns, window) -> tuple:
 
 
 def _csv_address(row, lineno, columns, window, number) -> tuple[int, int, int, int]:
-    from .ecam import Bdf
     try:
         if "bdf" in columns:
             bdf = Bdf.parse(row[columns["bdf"]])
@@ -372,7 +371,7 @@ def _csv_address(row, lineno, columns, window, number) -> tuple[int, int, int, i
                                       else f"gpa {number('gpa'):#x} below the window's base {window.base:#x}")
             if offset >> BUS_SHIFT >= 256:
                 raise PciAddressError(f"offset {offset:#x} is past bus 255 of the window")
-            parts = offset >> BUS_SHIFT, offset >> 15 & 31, offset >> 12 & 7, offset & 0xFFF
+            parts = offset >> BUS_SHIFT, offset >> DEV_SHIFT & 31, offset >> FN_SHIFT & 7, offset & 0xFFF
         ecam_offset(*parts)                            # each part in range
     except PciAddressError as exc:
         raise TraceParseError(lineno, str(exc)) from None
@@ -491,7 +490,6 @@ def _on_window(topology: Topology, window: Segment) -> Topology:
 def _check_answering(trace: Trace, topology: Topology) -> None:
     """Every function the log shows answering is in the topology (else the replay would read
     it as a hole, against the log)."""
-    from .ecam import Bdf
     missing = [(key, r) for key, r in sorted(trace.responders.items()) if Bdf(0, *key) not in topology]
     if missing:
         shown = ", ".join(f"{Bdf(0, *k)} ({r.name}, {r.events} accesses from line {r.first_line})"
