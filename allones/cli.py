@@ -279,7 +279,7 @@ def compare(args, out) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .experiments import report
+    from .experiments import figures, report
     from .experiments.compare import compare as run_compare
     from .experiments.costmodel import CostModel
     from .experiments.strategies import STRATEGIES, get_strategy
@@ -305,7 +305,7 @@ def compare(args, out) -> int:
     report.write_vm_csv(results, outdir / "compare-vms.csv")
     report.write_json(results, rows, dict(vms=args.vms, seed=args.seed, strategies=strategies,
                                           scans=[s.label for s in scans], **params), outdir / "compare.json")
-    written = [] if args.no_plots else report.plot_all(results, rows, outdir)
+    written = [] if args.no_plots else figures.plot_all(results, rows, outdir)
     console.print(f"wrote {outdir}/compare.csv, compare-vms.csv, compare.json"
                   + (f" and {len(written)} figures" if written else ""))
     return 0
