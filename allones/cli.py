@@ -260,6 +260,18 @@ def _capture_args(p, topology: bool = True) -> None:
                         "last line (default: skip and count them)")
 
 
+def _size(text: str) -> int:
+    """An argparse type: a byte count, plain or with K, M, G or T (binary: 1K = 1024)."""
+    scale = 1 << 10 * ("KMGT".index(text[-1].upper()) + 1) if text[-1:].upper() in ("K", "M", "G", "T") else 1
+    try:
+        value = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size: {text!r} (bytes, or a number with K, M, G or T)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is less than 0")
+    return value
+
+
 def _address(text: str) -> int:
     """An argparse type: a non-negative address, decimal or 0x-hex."""
     try:
@@ -298,7 +310,7 @@ def compare(args, out) -> int:
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"fleets of {args.vms} VMs", total=len(strategies) * len(scans))
         results = run_compare(strategies, scans, args.vms, seed=args.seed, costs=costs,
-                              workers=args.workers, progress=lambda done, total: bar.update(task, completed=done))
+                              workers=args.workers, ram_budget=args.ram_budget, progress=lambda done, total: bar.update(task, completed=done))
     rows = report.summary_rows(results)
     report.print_tables(rows, costs.describe(), console)
     report.write_csv(rows, outdir / "compare.csv")
@@ -406,6 +418,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="allones-results",
                    help="directory for CSV, JSON and plots (default allones-results)")
     p.add_argument("--workers", type=_int_in(1), help="processes (default: the CPUs)")
+    p.add_argument("--ram-budget", type=_size, metavar="SIZE",
+                   help="memory the fleets running at once may really allocate, shared between them, "
+                        "e.g. 512M or 2G; a filled fleet past its share is counted, not allocated, with the "
+                        "same results (default: an eighth of MemAvailable, at most 1G; 0: never allocate)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures (default: write them)")
     p.add_argument("--trace", metavar="FILE", help="run this recorded boot (a QEMU trace log, .gz or not, "
                    "or op,offset,size,value CSV) instead of the built-in scans; every VM has its topology. "

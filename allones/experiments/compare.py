@@ -27,7 +27,7 @@ from ..pci.holes import MemslotBudgetError
 from ..pci.qemu_log import ECAM_ADDRESSING
 from ..pci.scans import OPTION_CHECKS, SCANS
 from .costmodel import CostModel
-from .fleet import DEFAULT_MIX, RAM_BUDGET, FleetResult, run_fleet
+from .fleet import DEFAULT_MIX, FleetResult, default_ram_budget, run_fleet
 from .strategies import STRATEGIES, get_strategy
 
 
@@ -191,11 +191,11 @@ DEFAULT_SCANS = (
 )
 
 
-def run_one(strategy, spec, n_vms, mix, seed, costs, ram_budget=RAM_BUDGET) -> tuple:
+def run_one(strategy, spec, n_vms, mix, seed, costs, ram_budget=None) -> tuple:
     """One fleet of a ScanSpec (VMs drawn from `mix`) or a TraceSpec (every VM on the
     capture's topology); a strategy the host refuses (memfd-alias past vm.max_map_count:
     ENOMEM, too many memslots) is a result with its error, as the real setup would fail. Any
-    other error is a bug and propagates."""
+    other error is a bug and propagates. ram_budget: run_fleet's."""
     trace = spec.load().scan if isinstance(spec, TraceSpec) else None
     try:
         if trace is not None:
@@ -209,10 +209,13 @@ def run_one(strategy, spec, n_vms, mix, seed, costs, ram_budget=RAM_BUDGET) -> t
 
 def compare(strategies=tuple(STRATEGIES), scans=DEFAULT_SCANS, n_vms: int = 64, mix=DEFAULT_MIX,
             seed: int = 0, costs: CostModel | None = None, workers: int | None = None,
-            progress=None) -> list[tuple[ScanSpec | TraceSpec, FleetResult]]:
+            progress=None, ram_budget: int | None = None) -> list[tuple[ScanSpec | TraceSpec, FleetResult]]:
     """Run every (strategy, scan) fleet; results in grid order (a scan: a ScanSpec or a
     TraceSpec, whose fleets ignore `mix` and `seed`). `progress(done, total)` is
-    called as fleets finish. workers: processes (default: the CPUs; 1 runs in this process)."""
+    called as fleets finish. workers: processes (default: the CPUs; 1 runs in this process).
+    ram_budget: bytes all fleets running at once may really allocate, shared between them
+    (default: fleet.default_ram_budget); filled fleets past their share are counted, not
+    allocated, with the same results."""
     if isinstance(strategies, str) or not strategies:
         raise ValueError("strategies: a non-empty list of names")
     strategies = [get_strategy(s).name for s in strategies]
@@ -239,12 +242,17 @@ def compare(strategies=tuple(STRATEGIES), scans=DEFAULT_SCANS, n_vms: int = 64, 
         workers = _index("workers", workers)
         if workers < 1:
             raise ValueError(f"workers {workers} must be at least 1")
+    if ram_budget is not None:
+        ram_budget = _index("ram_budget", ram_budget)
+        if ram_budget < 0:
+            raise ValueError(f"ram_budget {ram_budget} must be a byte count >= 0")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, not {type(progress).__name__}")
     costs = costs or CostModel.default()
     jobs = [(s, spec) for spec in scans for s in strategies]
     workers = workers or os.cpu_count() or 1
-    budget = RAM_BUDGET // min(workers, len(jobs))     # fleets at once share the RAM
+    at_once = min(workers, len(jobs))                   # fleets at once share the RAM
+    budget = default_ram_budget(at_once) if ram_budget is None else ram_budget // at_once
     results = {}
     if workers == 1:
         for i, (s, spec) in enumerate(jobs):

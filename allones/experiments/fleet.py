@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -27,10 +28,46 @@ from .strategies import Strategy, get_strategy
 #: "different VMs usually require different memory": the q35 default and root-port farms
 DEFAULT_MIX = ("q35", "farm:8:0.5", "farm:16:0.5", "farm:32:0.5")
 FARM_VARIANTS = 4             # seeds per farm size: which ports are empty differs
-RAM_BUDGET = 4 << 30          # filled fleets past this run in accounting mode
+#: the most a fleet allocates for real by default; filled fleets past it are counted, not
+#: allocated (accounting mode gives the same counts: materializing only proves them)
+RAM_BUDGET = 1 << 30
+#: by default a fleet may allocate this share of the memory available (MemAvailable)
+RAM_SHARE = 1 / 8
 
 
 _TOPOLOGIES: dict[str, Topology] = {}
+
+
+def available_memory(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process could allocate without pushing others out: the kernel's
+    MemAvailable estimate (si_mem_available()), less if a cgroup v2 memory.max leaves less
+    (memory.max - memory.current); None where neither can be read (not Linux)."""
+    available = None
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024     # kB, as /proc/meminfo says
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path(cgroup, "memory.max").read_text().strip()
+        if limit != "max":
+            room = max(int(limit) - int(Path(cgroup, "memory.current").read_text()), 0)
+            available = room if available is None else min(available, room)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def default_ram_budget(fleets_at_once: int = 1) -> int:
+    """What one of `fleets_at_once` fleets running together may really allocate: RAM_SHARE
+    of the memory available, shared between them, at most RAM_BUDGET in all; RAM_BUDGET
+    shared where the available memory is unknown."""
+    available = available_memory()
+    total = RAM_BUDGET if available is None else min(RAM_BUDGET, int(available * RAM_SHARE))
+    return total // max(fleets_at_once, 1)
 
 
 def topology_mix(n: int, mix=DEFAULT_MIX, seed: int = 0) -> list[Topology]:
@@ -86,12 +123,12 @@ def scan_events(stats: dict, pio_exits: int) -> tuple[dict, dict]:
 
 def run_fleet(strategy: str | Strategy, scan: str | None = None, mechanism: str = "linux-x86-default",
               n_vms: int = 64, mix=DEFAULT_MIX, seed: int = 0, costs: CostModel | None = None,
-              materialize: bool | None = None, ram_budget: int = RAM_BUDGET,
+              materialize: bool | None = None, ram_budget: int | None = None,
               progress=None, options: dict | None = None, *, plan: ScanResult | None = None) -> FleetResult:
     """Run `n_vms` VMs on one Host under `strategy`, each scanning its own topology.
 
-    materialize: None decides by `ram_budget` (filled fleets that would not fit are counted,
-    not allocated). progress: called with no arguments after each VM. options: the scan's.
+    materialize: None decides by `ram_budget`, bytes (default: default_ram_budget()):
+    filled fleets that would not fit are counted, not allocated; the counts are the same. progress: called with no arguments after each VM. options: the scan's.
     plan: a ready ScanResult (e.g. a recorded boot, traces.load_capture) instead of `scan`:
     every VM has the plan's topology and replays it (mechanism, mix, seed are then unused).
     """
@@ -106,7 +143,7 @@ def run_fleet(strategy: str | Strategy, scan: str | None = None, mechanism: str 
     topologies, plans = _fleet_plans(n_vms, scan, mechanism, mix, seed, options, plan)
     if materialize is None:      # what the fills would allocate: every segment's holes
         need = sum(sum(s.size for s in t.segments) for t in topologies) if strategy.fills else 0
-        materialize = need <= ram_budget
+        materialize = need <= (default_ram_budget() if ram_budget is None else ram_budget)
     host = strategy.make_host(materialize=materialize)
     rows, curve, tables, vms, vm_tables = [], [], [], [], 0
     for index, (topology, vm_plan) in enumerate(zip(topologies, plans)):

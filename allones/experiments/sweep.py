@@ -262,7 +262,7 @@ def _run_dask(todo, scheduler, report) -> None:
     except ImportError as exc:
         raise ImportError("a Dask scheduler needs dask.distributed: pip install 'allones[dask]'") from exc
     own = not isinstance(scheduler, Client)
-    client = Client(scheduler) if own else scheduler
+    client = _connect(Client, scheduler) if own else scheduler
     token = uuid.uuid4().hex[:8]   # this run's tasks, whatever else the cluster holds
     futures = []
     try:
@@ -285,6 +285,23 @@ def _run_dask(todo, scheduler, report) -> None:
             client.cancel(pending)
         if own:
             client.close()
+
+
+#: how long a scheduler address may take to answer (distributed's default is 30 s)
+SCHEDULER_CONNECT_SECONDS = 5
+
+
+def _connect(Client, scheduler):
+    """A Client of the scheduler at `scheduler` (an address or a Cluster); ConnectionError
+    naming the address if nothing there answers as a Dask scheduler within
+    SCHEDULER_CONNECT_SECONDS."""
+    try:
+        return Client(scheduler, timeout=SCHEDULER_CONNECT_SECONDS)
+    except (OSError, ValueError, MemoryError) as exc:
+        # MemoryError: a peer that is not a scheduler answered, and its bytes were read as
+        # a frame length
+        raise ConnectionError(f"no Dask scheduler answers at {scheduler} within "
+                              f"{SCHEDULER_CONNECT_SECONDS} s ({type(exc).__name__}: {exc})") from None
 
 
 def _read_cell(celldir: Path, key: str):

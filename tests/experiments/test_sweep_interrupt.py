@@ -74,6 +74,14 @@ def config(tmp_path):
 
 # ---- running the command ------------------------------------------------------------------
 
+def _default_signals() -> None:
+    """In the child, before exec: SIGINT and SIGTERM as a terminal gives them. A suite run
+    under nohup or in a background job inherits SIGINT ignored, and a Python started with it
+    ignored installs no KeyboardInterrupt handler: the Ctrl-C tests would test nothing."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @contextmanager
 def sweep_process(config, out, workers):
     """`python -m allones sweep CONFIG --out OUT --workers N`, in a new session (its own
@@ -82,7 +90,7 @@ def sweep_process(config, out, workers):
     env = dict(os.environ, PYTHONPATH=path)   # this checkout's allones, built in place
     proc = subprocess.Popen([sys.executable, "-m", "allones", "sweep", str(config), "--out", str(out),
                              "--workers", str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, start_new_session=True, preexec_fn=_default_signals)
     try:
         yield proc
     finally:
