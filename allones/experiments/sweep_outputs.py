@@ -148,33 +148,82 @@ _MARKERS = "osD^vx+*<>"   # overlapping lines stay visible
 
 
 def _panels(plt, nrows, ncols):
-    fig, axes = plt.subplots(nrows, ncols, figsize=(min(4.2 * ncols, 18), min(3.4 * nrows, 14) + 0.6),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(min(4.2 * ncols, 18), min(3.6 * nrows, 15) + 0.6),
                              squeeze=False)
     return fig, axes
 
 
-def _lines(ax, rows, ykey, scale=1.0, styles=True):
-    """A line per strategy (and topology, by line style) over fleet sizes."""
+def _lines(ax, rows, ykey, scale=1.0, styles=True, colors=None, ylabel=""):
+    """A line per strategy (and topology, by line style) over fleet sizes. Identical series
+    (one would hide the other) are one line whose label names every strategy. Linear y
+    starts at 0; a log y (over a decade or more) says so in `ylabel`, and a series with no
+    positive value is named in the x label, not drawn. Returns the names not drawn."""
+    from .figures import palette
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     topologies = list(dict.fromkeys(r["topology"] for r in rows))
-    positive = []
-    for s, strategy in enumerate(strategies):
-        for t, topology in enumerate(topologies):
+    colors = colors or palette(len(strategies))
+    named = []       # ((topology index, strategy), points)
+    for t, topology in enumerate(topologies):
+        for strategy in strategies:
             pts = sorted((r["vms"], r[ykey] * scale) for r in rows
                          if r["strategy"] == strategy and r["topology"] == topology)
-            if not pts:
-                continue
-            positive += [y for _, y in pts if y > 0]
-            label = strategy if len(topologies) == 1 or not styles else f"{strategy} ({topology})"
-            ax.plot(*zip(*pts), _STYLES[t % len(_STYLES)] if styles else "-", label=label,
-                    color=f"C{s % 10}", marker=_MARKERS[s % len(_MARKERS)], ms=4, mfc="none")
+            if pts:
+                named.append(((t, strategy), pts))
+    series = []      # (topology index, first strategy index, label, points)
+    for members, pts in _merged(named):
+        t, first = members[0]
+        series.append((t, strategies.index(first), _label(members, topologies, styles), pts))
+    positive = [y for *_, pts in series for _, y in pts if y > 0]
+    log = bool(positive) and max(positive) > 10 * min(positive)   # log only over a decade or more
+    hidden = []
+    for t, s, label, pts in series:
+        if log and not any(y > 0 for _, y in pts):
+            hidden.append(label)
+            continue
+        ax.plot(*zip(*pts), _STYLES[t % len(_STYLES)] if styles else "-", label=label,
+                color=colors[s], marker=_MARKERS[s % len(_MARKERS)], ms=4, mfc="none")
     xs = sorted({r["vms"] for r in rows})
     if xs:
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.minorticks_off()
-    if positive and max(positive) > 10 * min(positive):   # a log axis only over a decade or more
+    if log:
         ax.set_yscale("log")
+    else:           # from 0, and room above the highest line (it is not the frame)
+        ax.set_ylim(0, max((y for *_, pts in series for _, y in pts), default=0) * 1.08 or 1)
+    if ylabel and log:
+        ylabel = f"{ylabel[:-1]}, log)" if ylabel.endswith(")") else f"{ylabel} (log)"
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=8)
+    return hidden
+
+
+def _merged(named):
+    """[(key, points)] -> [([keys], points)]: identical series become one."""
+    groups: dict = {}
+    for key, pts in named:
+        groups.setdefault(tuple(pts), []).append(key)
+    return [(keys, list(pts)) for pts, keys in groups.items()]
+
+
+def _label(members, topologies, styles) -> str:
+    """A merged line's label: its strategies, and (several topologies) the topologies each
+    set of strategies is drawn for: "filled, allones (q35, farm)"."""
+    if len(topologies) == 1 or not styles:
+        return ", ".join(dict.fromkeys(s for _, s in members))
+    by_topology: dict = {}
+    for t, strategy in members:
+        by_topology.setdefault(topologies[t], []).append(strategy)
+    parts: dict = {}
+    for topology, names in by_topology.items():
+        parts.setdefault(", ".join(names), []).append(topology)
+    return "; ".join(f"{names} ({', '.join(tops)})" for names, tops in parts.items())
+
+
+def _xlabel(ax, last_row, hidden):
+    lines = (["VMs on the host"] if last_row else []) + (
+        [f"0, not drawn on a log axis: {', '.join(hidden)}"] if hidden else [])
+    ax.set_xlabel("\n".join(lines) or None, fontsize=8)
 
 
 def _legend(ax):
@@ -183,28 +232,48 @@ def _legend(ax):
 
 
 def _time_figure(plt, rows):
+    """A panel per scan (columns) and cost variant (rows), each with its own legend (which
+    series coincide differs between panels)."""
     scans = list(dict.fromkeys(r["scan"] for r in rows)) or ["(no results)"]
     costs = list(dict.fromkeys(r["cost"] for r in rows)) or [""]
+    colors = _palette_for(rows)
     fig, axes = _panels(plt, len(costs), len(scans))
     for i, cost in enumerate(costs):
         for j, scan in enumerate(scans):
             ax = axes[i][j]
-            _lines(ax, [r for r in rows if r["scan"] == scan and r["cost"] == cost], "modeled_scan_ms_per_vm")
+            group = [r for r in rows if r["scan"] == scan and r["cost"] == cost]
+            hidden = _lines(ax, group, "modeled_scan_ms_per_vm", colors=_recolor(colors, group),
+                            ylabel="modeled scan ms per VM")
             ax.set_title(scan if len(costs) == 1 else f"{scan}\ncosts: {cost}", fontsize=9)
-            ax.set(xlabel="VMs on the host" if i == len(costs) - 1 else None,
-                   ylabel="modeled scan ms per VM" if j == 0 else None)
-    _legend(axes[0][0])
+            _xlabel(ax, i == len(costs) - 1, hidden)
+            _legend(ax)
     fig.suptitle("Modeled scan time per VM (ECAM + port I/O) vs fleet size")
     fig.tight_layout()
     return fig
 
 
+def _palette_for(rows, extra=0):
+    """{strategy: colour}, one colour per strategy of the whole figure (and `extra` more)."""
+    from .figures import palette
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    colors = palette(len(strategies) + extra)
+    return dict(zip(strategies, colors)), colors[len(strategies):]
+
+
+def _recolor(colors, group):
+    """The colours of a panel's strategies, in its order, so a strategy keeps its colour."""
+    return [colors[0][s] for s in dict.fromkeys(r["strategy"] for r in group)]
+
+
 def _memory_figure(plt, rows):
-    """Host data memory does not depend on the cost constants: the first variant's rows."""
+    """Host data memory does not depend on the cost constants: the first variant's rows.
+    A strategy with KSM has a second series, once merged, in a colour of its own."""
     first = next((r["cost"] for r in rows), None)
     rows = [r for r in rows if r["cost"] == first]
     scans = list(dict.fromkeys(r["scan"] for r in rows)) or ["(no results)"]
     topologies = list(dict.fromkeys(r["topology"] for r in rows)) or [""]
+    ksm = list(dict.fromkeys(r["strategy"] for r in rows if r["data_bytes_merged"] != r["data_bytes"]))
+    colors = _palette_for(rows, len(ksm))
     fig, axes = _panels(plt, len(topologies), len(scans))
     for i, topology in enumerate(topologies):
         for j, scan in enumerate(scans):
@@ -213,16 +282,17 @@ def _memory_figure(plt, rows):
             if not group:      # a capture runs on its own topology, not on the mixes
                 ax.axis("off")
                 continue
-            _lines(ax, group, "data_bytes", 1 / MIB, styles=False)
-            for strategy in dict.fromkeys(r["strategy"] for r in group):
+            hidden = _lines(ax, group, "data_bytes", 1 / MIB, styles=False, colors=_recolor(colors, group),
+                            ylabel="host data memory (MiB)")
+            for strategy, color in zip(ksm, colors[1]):
                 merged = sorted((r["vms"], r["data_bytes_merged"] / MIB) for r in group
                                 if r["strategy"] == strategy and r["data_bytes_merged"] != r["data_bytes"])
                 if merged:
-                    ax.plot(*zip(*merged), ":", c="grey", marker=".", label=f"{strategy}, merged")
+                    ax.plot(*zip(*merged), ":", color=color, marker="*", ms=7,
+                            label=f"{strategy} after KSM merge")
             ax.set_title(scan if len(topologies) == 1 else f"{scan}\nmix: {topology}", fontsize=9)
-            ax.set(xlabel="VMs on the host" if i == len(topologies) - 1 else None,
-                   ylabel="host data memory (MiB)" if j == 0 else None)
-    _legend(axes[0][0])
-    fig.suptitle("Host data memory vs fleet size (strategies with none are not drawn on a log axis)")
+            _xlabel(ax, i == len(topologies) - 1, hidden)
+            _legend(ax)
+    fig.suptitle("Host data memory vs fleet size")
     fig.tight_layout()
     return fig

@@ -13,7 +13,7 @@ from matplotlib.colors import to_rgb                                # noqa: E402
 from matplotlib.container import BarContainer                       # noqa: E402
 from matplotlib.lines import Line2D                                 # noqa: E402
 
-from allones.experiments import figures, report                     # noqa: E402
+from allones.experiments import figures, report, sweep_outputs      # noqa: E402
 from allones.experiments.compare import DEFAULT_SCANS, compare      # noqa: E402
 from allones.experiments.strategies import STRATEGIES as ALL        # noqa: E402
 
@@ -206,3 +206,53 @@ def test_memory_has_a_data_panel_and_a_page_table_panel(grid, drawn):
     assert "filled-ksm after KSM merge" in ksm[0] and "min" in ksm[0]
     assert list(ksm[1].get_ydata()) == [fleets["filled-ksm"].host["data_bytes_merged"]]
     assert any("after KSM merge" in t.get_text() for t in data.texts)    # annotated on the panel
+
+
+def sweep_rows(topologies=("q35",)):
+    """Sweep rows as run_sweep writes them: mmio a little slower than filled and allones,
+    which coincide; pci-hole has no host data (0 B); filled-ksm merges."""
+    rows = []
+    for topology in topologies:
+        for cost, slow in (("default", 1.0), ("slow-exits", 2.0)):
+            for vms in (2, 8):
+                for strategy, ms, data, merged in (
+                        ("mmio", 7.02, 4096, 4096), ("pci-hole", 6.9, 0, 0), ("filled", 6.85, vms << 28, vms << 28),
+                        ("filled-ksm", 6.85, vms << 28, 8192), ("allones", 6.85, 4096, 4096)):
+                    rows.append(dict(strategy=strategy, scan="linux-probe (MMCONFIG)", topology=topology,
+                                     cost=cost, vms=vms, modeled_scan_ms_per_vm=ms * slow, data_bytes=data,
+                                     data_bytes_merged=merged))
+    return rows
+
+
+@pytest.mark.parametrize("topologies", [("q35",), ("q35", "farm")])
+@pytest.mark.parametrize("draw", [sweep_outputs._time_figure, sweep_outputs._memory_figure])
+def test_sweep_figures_merge_identical_series_and_label_their_axes(draw, topologies):
+    fig = draw(plt, sweep_rows(topologies))
+    try:
+        # a strategy keeps its colour in every panel; topologies differ by line style
+        check_legends(fig, lambda a: (colour(a), a.get_linestyle()))
+        for ax in fig.axes:
+            if not ax.axison:
+                continue
+            labels = [line.get_label() for line in ax.lines]
+            if draw is sweep_outputs._time_figure:
+                assert any(label.startswith("filled, filled-ksm, allones") for label in labels), labels
+            else:
+                assert "mmio, allones" in labels and "filled, filled-ksm" in labels, labels
+                assert "filled-ksm after KSM merge" in labels
+                assert "pci-hole" in ax.get_xlabel()          # 0 B on a log axis: named, not drawn
+            if ax.get_yscale() == "log":
+                assert "log" in ax.get_ylabel()
+            else:
+                assert ax.get_ylim()[0] == 0                  # a 2.5 % gap is not drawn as a chasm
+                assert ax.get_ylim()[1] > max(max(line.get_ydata()) for line in ax.lines)
+        assert all("((" not in t and "))" not in t for t in titles(fig))
+    finally:
+        plt.close(fig)
+
+
+def test_plot_sweep_writes_both_figures(tmp_path):
+    written = sweep_outputs.plot_sweep(sweep_rows(), tmp_path)
+    assert sorted(p.name for p in written) == ["memory.png", "memory.svg", "modeled_time.png",
+                                               "modeled_time.svg"]
+    assert all(p.stat().st_size > 0 for p in written)
