@@ -38,6 +38,7 @@ HPAGE_SIZE = 2 << 20
 #: an estimate of a QEMU process's /proc/PID/maps line count, not a measurement. memfd-alias
 #: must fit its aliases in vm.max_map_count minus these.
 VMM_OTHER_VMAS = 256
+REPLAY_CHUNK = 1 << 20      # accesses between two progress calls of a replay (~10 ms each)
 PIO_EXITS_PER_CONF1 = 2      # outl(0xCF8) + the 0xCFC access, each KVM_EXIT_IO
 
 
@@ -239,16 +240,22 @@ class Vmm:
         gpas[mmio] = gpas_of(self.topology, batch[mmio])
         return gpas
 
-    def _access(self, batch, gpas, totals) -> np.ndarray:
+    def _access(self, batch, gpas, totals, progress=None) -> np.ndarray:
+        """Runs of one mechanism in order, each to its path; with progress(done, total), in
+        chunks of REPLAY_CHUNK accesses (in order too: the same result)."""
         values = np.empty(len(batch), dtype=np.uint64)
         if not len(batch):
             return values
         mech = batch["mech"]
         cuts = np.flatnonzero(np.diff(mech)) + 1
+        if progress is not None:
+            cuts = np.union1d(cuts, np.arange(REPLAY_CHUNK, len(batch), REPLAY_CHUNK))
         for lo, hi in zip([0] + cuts.tolist(), cuts.tolist() + [len(batch)]):
             part = batch[lo:hi]
             values[lo:hi] = (self._mmconfig(part, gpas[lo:hi], totals) if mech[lo] == MMCONFIG
                              else self._emulate.batch(part))
+            if progress is not None:
+                progress(hi, len(batch))
         return values
 
     # -- scans ------------------------------------------------------------------------------
@@ -258,9 +265,12 @@ class Vmm:
         self.spaces = ConfigSpaces(self.topology)
         self._emulate = SpacesResponder(self.spaces)
 
-    def replay(self, scan: ScanResult, name: str | None = None) -> ScanRun:
+    def replay(self, scan: ScanResult, name: str | None = None, progress=None) -> ScanRun:
         """Reboot the devices, replay recorded accesses (a plan or a trace) in order, and count
-        reads that return other than recorded."""
+        reads that return other than recorded. progress(done, total): called as accesses are
+        replayed."""
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable, not {type(progress).__name__}")
         if not isinstance(scan, ScanResult):
             raise TypeError(f"scan must be a ScanResult (plan_scan(), Trace.as_scan()), not "
                             f"{type(scan).__name__}")
@@ -269,7 +279,7 @@ class Vmm:
         gpas = self._gpas(scan.accesses, "scan.accesses")      # checked before the devices reboot
         start, emulated, totals = time.perf_counter(), self.mmio_emulated, {}
         self.reset_devices()
-        values = self._access(scan.accesses, gpas, totals)
+        values = self._access(scan.accesses, gpas, totals, progress)
         return self._result(scan.name if name is None else name, scan, values, totals, start, emulated)
 
     def _result(self, name, scan, values, totals, start, emulated) -> ScanRun:

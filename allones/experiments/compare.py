@@ -189,6 +189,29 @@ DEFAULT_SCANS = (
     ScanSpec("brute-force", "brute-force", "mmconfig"),
     ScanSpec("firmware (OVMF-like)", "firmware", "mmconfig", {"passes": 6}),
 )
+#: the names `compare --scans` takes for DEFAULT_SCANS (any other scan program's name runs
+#: it with its default mechanism and options)
+SCAN_NAMES = dict(zip(("linux-boot-x86", "linux-boot-mmconfig", "brute-force", "firmware"), DEFAULT_SCANS))
+
+
+def compare_scans(names: str | None) -> tuple[ScanSpec, ...]:
+    """ScanSpecs from comma-separated names: SCAN_NAMES, or any scan program of
+    allones.pci.scans with its default mechanism (None: DEFAULT_SCANS). ValueError naming
+    the choices otherwise."""
+    from ..pci.scans import default_mechanism
+    if names is None:
+        return DEFAULT_SCANS
+    specs = []
+    for name in (n.strip() for n in names.split(",")):
+        if name in SCAN_NAMES:
+            specs.append(SCAN_NAMES[name])
+        elif name in SCANS:
+            specs.append(ScanSpec(name, name, default_mechanism(name)))
+        else:
+            raise ValueError(f"unknown scan {name!r}; one of {', '.join(dict.fromkeys([*SCAN_NAMES, *SCANS]))}")
+    if len({s.label for s in specs}) != len(specs):
+        raise ValueError(f"scans repeat: {names!r}")
+    return tuple(specs)
 
 
 def run_one(strategy, spec, n_vms, mix, seed, costs, ram_budget=None) -> tuple:

@@ -54,42 +54,82 @@ def reason(error: str) -> str:
 
 TABLE_COLUMNS = ("strategy", "host data", "tables", "faults", "prefault", "exit user",
                  "exit KVM", "exit PIO", "ECAM ms", "PIO ms", "setup ms")
+CELL_EXTRA = 3       # a rich cell's padding (1 + 1) and its left border
+#: the tables' column groups (indices in TABLE_COLUMNS), merged while they fit the width
+COLUMN_GROUPS = (("host memory", (1, 2)), ("events per VM", (3, 4, 5, 6, 7)),
+                 ("modeled ms per VM", (8, 9, 10)))
 
 
-def print_tables(rows, costs_text: str, console=None) -> None:
-    """One rich table per scan: strategies as rows (counts and modeled ms are per VM, memory
-    for the whole host); then the cost constants used."""
+def table_cells(r) -> list[str]:
+    """A summary row as TABLE_COLUMNS' texts (an error: its reason, then blanks)."""
+    if r["error"]:
+        return [r["strategy"], reason(r["error"])] + [""] * (len(TABLE_COLUMNS) - 2)
+    data = format_size(r["data_bytes"])
+    if r["data_bytes_merged"] != r["data_bytes"]:
+        data += f" → {format_size(r['data_bytes_merged'])}"
+    return [r["strategy"], data, format_size(r["table_bytes"]), _count(r["faults_per_vm"]),
+            _count(r["prefaulted_per_vm"]), _count(r["mmio_exits_per_vm"]), _count(r["kernel_exits_per_vm"]),
+            _count(r["pio_exits_per_vm"]), f"{r['modeled_ecam_ms_per_vm']:.2f}",
+            f"{r['modeled_pio_ms_per_vm']:.2f}", f"{r['modeled_setup_ms_per_vm']:.1f}"]
+
+
+def column_groups(cells: list[list[str]], width: int | None) -> list[tuple[str, list[int]]]:
+    """Tables that fit `width` terminal columns: (title, TABLE_COLUMNS' indices) each led by
+    the strategy, COLUMN_GROUPS merged while they fit (a cell is never cut: a group too wide
+    stands alone, and the terminal wraps it); None: one table of every column."""
+    need = [max(len(c[i]) for c in cells + [list(TABLE_COLUMNS)]) + CELL_EXTRA for i in range(len(TABLE_COLUMNS))]
+    tables = []
+    for title, columns in COLUMN_GROUPS:
+        if tables and (width is None or sum(need[i] for i in tables[-1][1] + list(columns)) + 1 <= width):
+            tables[-1] = (f"{tables[-1][0]}; {title}", tables[-1][1] + list(columns))
+        else:
+            tables.append((title, [0, *columns]))
+    return tables
+
+
+def print_tables(rows, costs_text: str, console=None, wide: bool = False) -> None:
+    """Per scan, strategies as rows (counts and modeled ms are per VM, memory for the whole
+    host), in tables split by column groups to fit a terminal (never a number cut); `wide`,
+    or output that is not a terminal: one table as wide as it needs. Then the cost constants."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
     console = console or Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 160)
+    fit = console.is_terminal and not wide
     for label in dict.fromkeys(r["scan"] for r in rows):
         group = [r for r in rows if r["scan"] == label]
         vms = next((r["vms"] for r in group if not r["error"]), 0)
-        table = Table(title=f"{label}, {vms} VMs: host memory; per-VM events and modeled time",
-                      title_justify="left", caption="exits: to userspace (ECAM), inside KVM, port "
-                      "I/O (conf1, two per access); ms: modeled per VM. host data: 4.0 KiB is the "
-                      "all-ones page an RFC kernel allocates at start (a v2 kernel, pci-hole, has "
-                      "none); KSM: → the merged page and that one", caption_justify="left")
-        for col in TABLE_COLUMNS:
-            table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
-        for r in group:
-            if r["error"]:
-                table.add_row(r["strategy"], f"[red]{reason(r['error'])}[/red]", *[""] * 9)
-                continue
-            data = format_size(r["data_bytes"])
-            if r["data_bytes_merged"] != r["data_bytes"]:
-                data += f" → {format_size(r['data_bytes_merged'])} in {r['ksm_merge_seconds'] / 60:.0f} min"
-            table.add_row(r["strategy"], data, format_size(r["table_bytes"]), _count(r["faults_per_vm"]),
-                          _count(r["prefaulted_per_vm"]), _count(r["mmio_exits_per_vm"]),
-                          _count(r["kernel_exits_per_vm"]), _count(r["pio_exits_per_vm"]),
-                          f"{r['modeled_ecam_ms_per_vm']:.2f}", f"{r['modeled_pio_ms_per_vm']:.2f}",
-                          f"{r['modeled_setup_ms_per_vm']:.1f}")
-        console.print(table)
+        cells = [table_cells(r) for r in group]
+        tables = column_groups(cells, console.width if fit else None)
+        if not fit:          # a file or pipe: as wide as the table, so that nothing wraps
+            console.width = max(console.width, sum(max(len(c[i]) for c in cells + [list(TABLE_COLUMNS)])
+                                                   + CELL_EXTRA for i in range(len(TABLE_COLUMNS))) + 1)
+        console.print(Text(f"{label}, {vms} VMs", style="bold"))
+        for title, columns in tables:
+            table = Table(title=title, title_justify="left")
+            for i in columns:
+                table.add_column(TABLE_COLUMNS[i], justify="left" if i == 0 else "right", no_wrap=True)
+            for r, c in zip(group, cells):
+                table.add_row(*(Text(c[i], style="red" if r["error"] and i == 1 else "") for i in columns))
+            console.print(table)
+        console.print(_caption(group), highlight=False)
+        console.print()
+        console.file.flush()        # a pipe gets each scan's tables as they are printed
     console.print("Modeled time = events x cost; a strategy changes only the ECAM part (port I/O "
                   "config cycles exit to userspace whatever backs the window). Constants:")
     console.print(costs_text, highlight=False)
+
+
+def _caption(group) -> str:
+    """What the columns mean, and why some values look odd."""
+    text = ("exits: to userspace (ECAM), inside KVM, port I/O (conf1, two per access); ms: modeled "
+            "per VM. host data 4.0 KiB: the all-ones page an RFC kernel allocates at start (a v2 "
+            "kernel, pci-hole, has none)")
+    for r in group:
+        if not r["error"] and r["data_bytes_merged"] != r["data_bytes"]:
+            text += (f"; {r['strategy']} →: once KSM merged it, after {r['ksm_merge_seconds'] / 60:.0f} min "
+                     f"(the merged page and that one)")
+    return text
 
 
 def write_csv(rows, path) -> None:

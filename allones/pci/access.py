@@ -173,11 +173,11 @@ class ConfigCycles:
         return accesses(segment, bus, dev, fn, reg, size, 0, 0, mech)
 
 
-def drive(program, responder) -> np.ndarray:
+def drive(program, responder, progress=None) -> np.ndarray:
     """Run a scan program; `responder.one(access)` answers a single access (a tuple) and
     `responder.batch(array)` an array of them. Returns every access in order, reads
-    carrying the value they returned."""
-    done, singles = [], []
+    carrying the value they returned. progress(accesses so far) is called after each batch."""
+    done, singles, count = [], [], 0
     try:
         item = next(program)
         while True:
@@ -193,6 +193,9 @@ def drive(program, responder) -> np.ndarray:
                 reads = item["is_write"] == 0
                 item["value"][reads] = value[reads]
                 done.append(item)
+                if progress is not None:
+                    count += len(item)
+                    progress(count)
             item = program.send(value)
     except StopIteration:
         pass

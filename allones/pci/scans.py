@@ -174,8 +174,12 @@ def scan_program(topology: Topology, name: str, mechanism: str = "linux-x86-defa
 
 
 def plan_scan(topology: Topology, name: str, mechanism: str = "linux-x86-default", seed: int = 0,
-              **options) -> ScanResult:
+              progress=None, **options) -> ScanResult:
     """Run a scan against the topology's own config spaces: every access, in order, with the
-    values a correct VMM returns (holes all-ones)."""
+    values a correct VMM returns (holes all-ones). progress(accesses planned so far): called
+    after each batch (full-dump plans a bus at a time)."""
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, not {type(progress).__name__}")
     cycles, program = scan_program(topology, name, mechanism, seed, **options)
-    return ScanResult(name, mechanism, topology, drive(program, SpacesResponder(ConfigSpaces(topology))))
+    return ScanResult(name, mechanism, topology,
+                      drive(program, SpacesResponder(ConfigSpaces(topology)), progress))

@@ -634,7 +634,7 @@ def test_ecam_window_refusals_leave_the_emulator_unchanged(uc_vmm):
     (["topology", "show", "--ecam-buses", "0"], 2, "argument --ecam-buses: 0 is not in 1..256"),
     (["topology", "show", "--ecam-buses", "x"], 2, "argument --ecam-buses: invalid int value: 'x'"),
     (["topology", "show", "--ecam-buses", "1"], 1, "0000:00:02.0: bus outside segment 0's buses 0x0..0x0"),
-    (["scan", "bogus"], 2, "argument name: invalid choice: 'bogus'"),
+    (["scan", "bogus"], 2, "argument NAME: invalid choice: 'bogus'"),
     (["scan", "brute-force", "--mechanism", "bogus"], 2, "argument --mechanism/-m: invalid choice"),
     (["scan", "brute-force", "--backing", "bogus"], 2, "argument --backing/-b: invalid choice"),
     (["scan", "linux-boot-x86", "--cpu", "arm"], 2, "argument --cpu: invalid choice: 'arm'"),
@@ -655,7 +655,7 @@ def test_ecam_window_refusals_leave_the_emulator_unchanged(uc_vmm):
     (["trace", "import", "tests/data/small.csv", "--part", "bogus"], 2, "argument --part: invalid choice"),
     (["trace", "import", "tests/data/small.csv", "--csv", "{missing}/x.csv"], 1, "--csv"),
     (["demo", "extra"], 2, "unrecognized arguments: extra"),
-    (["bogus"], 2, "argument command: invalid choice: 'bogus'"),
+    (["bogus"], 2, "argument COMMAND: invalid choice: 'bogus'"),
 ])
 def test_cli_pci_commands_bad_input(capsys, tmp_path, monkeypatch, request, argv, rc, says):
     monkeypatch.chdir(request.config.rootpath)
