@@ -78,7 +78,7 @@ def _title_and_legend(fig, title, ax, ncol) -> None:
     fig.suptitle(title, y=1 - 0.08 / height, va="top")
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.4 / height), ncol=ncol,
                fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
 
 
 _STYLES = ("-", "--", "-.", ":")
