@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(ROOT.glob("examples/*/README.md"))]
-COMMAND = re.compile(r"(allones|python|mkdir|tools/memcheck|PYTHONPATH=\S+ python) ")
+COMMAND = re.compile(r"([A-Z_]+=\S+ )*(allones|python|mkdir|tools/memcheck) ")   # a block's first line
 CLONE = ("tests", "examples", "benchmarks", "fuzz", "tools")     # what a command may name
 
 #: commands (or the part of an `a && b` chain) the docs give that this test does not run
@@ -23,6 +23,8 @@ NOT_RUN = {
     "python -m pip install -e '.[test]'": ".ci/run runs exactly this before the tests",
     "python -m pytest tests benchmarks --benchmark-disable": "the suite this test is part of (.ci/run)",
     "python -m pytest tests/reliability/test_fuzz.py": "part of the suite this test is part of",
+    "ALLONES_FUZZ_EXAMPLES=20000 python -m pytest tests/reliability/test_fuzz.py":
+        "the same fuzz test, 20,000 examples (minutes); the suite runs its default",
     "python -m pytest benchmarks/test_unicorn_guest.py --benchmark-only --benchmark-group-by=group":
         "a timed benchmark run (minutes); the suite runs every benchmark once, --benchmark-disable",
     "python -m pytest benchmarks --benchmark-only --benchmark-group-by=group --benchmark-columns=min,median,"
@@ -33,6 +35,8 @@ NOT_RUN = {
     "mkdir -p fuzz/corpus": "the first half of the 5-minute fuzzing run below",
     "python fuzz/fuzz_core.py fuzz/corpus -max_total_time=300 -max_len=4096":
         "5 minutes of fuzzing by design; tests/reliability/test_fuzz.py smoke-runs the same driver",
+    "ALLONES_STRESS_SECONDS=300 python -m pytest -s tests/reliability/test_concurrency.py":
+        "5 minutes of the stress test by design; the suite runs it for seconds",
     "tools/memcheck asan": "rebuilds the core under ASAN/UBSAN and reruns the suite (tens of minutes)",
     "tools/memcheck valgrind": "the core's tests under valgrind (tens of minutes)",
 }
@@ -64,14 +68,12 @@ def _blocks(path: Path):
 
 
 def _commands(text: str) -> list[str]:
-    """The shell commands of a block: continuation lines joined, comments dropped."""
+    """The shell commands of a block whose first line is one (every line then is one):
+    continuation lines joined, comments dropped; [] for a block of something else."""
     joined = re.sub(r"\\\n\s*", "", text)
-    out = []
-    for line in joined.splitlines():
-        line = re.sub(r"\s+#.*$", "", line).strip()
-        if COMMAND.match(line):
-            out.append(line)
-    return out
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in joined.splitlines()]
+    lines = [line for line in lines if line]
+    return lines if lines and COMMAND.match(lines[0]) else []
 
 
 def _inventory():
@@ -79,7 +81,7 @@ def _inventory():
     items = []
     for doc in DOCS:
         for lang, text, line in _blocks(doc):
-            if lang == "text" and not COMMAND.match(text):
+            if lang == "text" and not _commands(text):
                 continue                            # output shown, not a command
             if lang in ("indented", "text", "sh", "bash", "console"):
                 parts = [p.strip() for command in _commands(text) for p in command.split("&&")]

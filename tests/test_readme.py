@@ -13,14 +13,22 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_scan_example_prints_what_it_says():
-    block = next(b for b in python_blocks() if "scan = " in b)
-    code = "\n".join(line for line in block.splitlines() if not line.startswith("# "))
-    expected = [line[2:] for line in block.splitlines() if line.startswith("# ")]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, "README.md", "exec"), {})
-    assert out.getvalue().splitlines() == expected
+def _printed(block: str) -> list[str]:
+    """The output a block shows: its last lines, each a `# ` comment."""
+    lines = block.splitlines()
+    n = next((i for i in range(len(lines), 0, -1) if not lines[i - 1].startswith("# ")), 0)
+    return [line[2:] for line in lines[n:]]
+
+
+def test_readme_blocks_print_what_they_say():
+    """The scan example and the Unicorn example: their output, line for line."""
+    shown = [b for b in python_blocks() if _printed(b)]
+    assert len(shown) >= 2 and any("EcamWindow" in b for b in shown)
+    for block in shown:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, "README.md", "exec"), {})
+        assert out.getvalue().splitlines() == _printed(block)
 
 
 pytest_plugins = ["pytester"]
