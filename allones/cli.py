@@ -179,15 +179,16 @@ def _print_run(run, out) -> None:
     print(f"scan {run.name}, mechanism {run.mechanism}, holes backed by {run.backing}", file=out)
     print(f"  accesses           {a['accesses']:>9}", file=out)
     for mech in ("conf1", "mmconfig"):
-        print(f"  {mech:9} reads {a[mech + '_reads']:>9}  writes {a[mech + '_writes']:>6}  "
-              f"of holes: reads {a[mech + '_hole_reads']:>9}  writes {a[mech + '_hole_writes']:>4}", file=out)
-    print(f"  port I/O exits     {run.pio_exits:>9}   (conf1: 0xCF8 + 0xCFC, whatever backs the window)",
+        print(f"  {mech:9} reads {a[mech + '_reads']:>8}  writes {a[mech + '_writes']:>6}  "
+              f"of holes: reads {a[mech + '_hole_reads']:>8}  writes {a[mech + '_hole_writes']:>4}", file=out)
+    print(f"  exit PIO           {run.pio_exits:>9}   (port I/O, two per conf1 access, any backing)",
           file=out)
     if k:
         mapped = k['faults'] - k['exits_mmio'] - k['exits_emulated']   # the others became exits
-        print(f"  MMCONFIG: EPT faults that mapped a page {mapped}, prefaulted {k['prefaulted']}, "
-              f"MMIO exits {k['exits_mmio']} ({run.mmio_emulated} to present functions), in-kernel "
-              f"exits {k['exits_emulated']}, TLB hits {k['tlb_hits']}", file=out)
+        # compare's names: faults that mapped a page, exits to userspace / inside KVM
+        print(f"  ECAM: faults {mapped} (EPT faults that mapped a page), prefault {k['prefaulted']},\n"
+              f"    exit user {k['exits_mmio']} ({run.mmio_emulated} to present functions), exit KVM "
+              f"{k['exits_emulated']},\n    TLB hits {k['tlb_hits']}", file=out)
     print(f"  reads answered differently from expected: holes {run.hole_mismatches}, present "
           f"{run.present_mismatches}", file=out)
 
@@ -253,8 +254,9 @@ def trace_import(args, out) -> int:
         return 0
     _print_capture(capture, out)
     _print_run(run, out)
-    print("  (a hole read answered differently is a fault of the backing; a present function's is the "
-          "config-space model answering otherwise than QEMU's device did, not an error in the log)", file=out)
+    print("  (a hole read answered differently is a fault of the backing; a present\n"
+          "  function's is the config-space model answering otherwise than QEMU's device\n"
+          "  did, not an error in the log)", file=out)
     if args.csv:
         print(f"wrote the MMCONFIG accesses to {args.csv}", file=out)
     return 0

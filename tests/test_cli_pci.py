@@ -57,7 +57,7 @@ def test_scan_linux_boot_reports_the_plans_counts(capsys):
     assert "scan linux-boot-x86, mechanism linux-x86-default, holes backed by allones" in out
     assert field(out, "accesses") == counts["accesses"]
     assert field(out, "conf1     reads") == counts["conf1_reads"]
-    assert field(out, "port I/O exits") == 2 * (counts["conf1_reads"] + counts["conf1_writes"])
+    assert field(out, "exit PIO") == 2 * (counts["conf1_reads"] + counts["conf1_writes"])
     assert "topology q35: 12 functions, 8 hole memslots" in out
     assert "holes 0, present 0" in out
 
@@ -67,7 +67,7 @@ def test_scan_brute_force_farm_filled(capsys):
     assert rc == 0
     assert "scan brute-force, mechanism mmconfig, holes backed by filled" in out
     assert field(out, "accesses") == 65536
-    assert "MMIO exits 11 (11 to present functions)" in out
+    assert "exit user 11 (11 to present functions)" in out
     assert "holes 0, present 0" in out
 
 

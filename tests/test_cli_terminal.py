@@ -201,3 +201,10 @@ def test_a_closed_pipe_ends_quietly():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (0, 1) and err == ""
+
+
+@pytest.mark.parametrize("argv", [["scan", "linux-boot-x86"], ["scan", "brute-force", "-b", "filled"],
+                                  ["scan", "linux-boot-x86", "--cpu", "amd-k8", "-t", "farm:32"]])
+def test_scan_text_fits_80_columns(capsys, argv):
+    assert cli.main(argv) == 0
+    assert max(len(line) for line in capsys.readouterr().out.splitlines()) <= 80

@@ -40,13 +40,13 @@ def palette(n: int) -> list:
     return [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
 
 
-def merge_series(named) -> list[tuple[str, list]]:
-    """[(name, values)] -> [(names joined by ", ", values)]: identical series (one would hide
-    the other) become one, in the order they first appear."""
+def merge_series(named) -> list[tuple[list, list]]:
+    """[(key, values)] -> [([keys], values)]: identical series (one would hide the other)
+    become one, in the order they first appear."""
     groups: dict = {}
-    for name, values in named:
-        groups.setdefault(tuple(values), []).append(name)
-    return [(", ".join(names), list(values)) for values, names in groups.items()]
+    for key, values in named:
+        groups.setdefault(tuple(values), []).append(key)
+    return [(keys, list(values)) for values, keys in groups.items()]
 
 
 def short_count(v: float) -> str:
@@ -98,7 +98,8 @@ def memory_figure(plt, results, rows):
     panels = ((axes[0], "memory_curve", "(a) host data memory (page frames)", "host data memory"),
               (axes[1], "table_curve", "(b) page-table memory (EPT and shared tables)", "page-table memory"))
     for ax, curve, title, what in panels:
-        series = merge_series((f.strategy, getattr(f, curve)) for f in fleets)
+        series = [(", ".join(names), values)
+                  for names, values in merge_series((f.strategy, getattr(f, curve)) for f in fleets)]
         extra = ksm if curve == "memory_curve" else []
         colors = palette(len(series) + len(extra))
         zero = []

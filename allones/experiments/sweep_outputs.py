@@ -158,7 +158,7 @@ def _lines(ax, rows, ykey, scale=1.0, styles=True, colors=None, ylabel=""):
     (one would hide the other) are one line whose label names every strategy. Linear y
     starts at 0; a log y (over a decade or more) says so in `ylabel`, and a series with no
     positive value is named in the x label, not drawn. Returns the names not drawn."""
-    from .figures import palette
+    from .figures import merge_series, palette
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     topologies = list(dict.fromkeys(r["topology"] for r in rows))
     colors = colors or palette(len(strategies))
@@ -170,7 +170,7 @@ def _lines(ax, rows, ykey, scale=1.0, styles=True, colors=None, ylabel=""):
             if pts:
                 named.append(((t, strategy), pts))
     series = []      # (topology index, first strategy index, label, points)
-    for members, pts in _merged(named):
+    for members, pts in merge_series(named):
         t, first = members[0]
         series.append((t, strategies.index(first), _label(members, topologies, styles), pts))
     positive = [y for *_, pts in series for _, y in pts if y > 0]
@@ -196,14 +196,6 @@ def _lines(ax, rows, ykey, scale=1.0, styles=True, colors=None, ylabel=""):
     if ylabel:
         ax.set_ylabel(ylabel, fontsize=8)
     return hidden
-
-
-def _merged(named):
-    """[(key, points)] -> [([keys], points)]: identical series become one."""
-    groups: dict = {}
-    for key, pts in named:
-        groups.setdefault(tuple(pts), []).append(key)
-    return [(keys, list(pts)) for pts, keys in groups.items()]
 
 
 def _label(members, topologies, styles) -> str:

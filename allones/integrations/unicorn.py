@@ -256,7 +256,7 @@ class EcamWindow:
 
     def _drop_write(self, until: int) -> int:
         """Execute the instruction that wrote a hole against a throwaway all-ones copy."""
-        uc, (address, size, _) = self.uc, self._pending
+        uc, (address, _, _) = self.uc, self._pending
         self._pending = None
         pc = uc.reg_read(UC_X86_REG_RIP)
         start = self._region_of(address)

@@ -190,7 +190,7 @@ class _Reader:
         name = text[k + 7:-1] if k > 0 and text.endswith("'") else None
         wanted = name in (self.region, CONF_IDX_REGION, CONF_DATA_REGION, UART_8250, UART_PL011)
         if not wanted and not self.strict and name is not None:
-            self.skipped[f"device accesses (cpu -1)" if " cpu -1 " in text else f"region '{name}'"] += 1
+            self.skipped["device accesses (cpu -1)" if " cpu -1 " in text else f"region '{name}'"] += 1
             return
         m = _OPS.match(text, start)
         if not m:
@@ -444,7 +444,7 @@ def ecam_addressing(rows: np.ndarray, mode: str, window: Segment | None,
 
 def _by_range(ecam, mode, window, window_how) -> EcamAddressing:
     """No responder events: decide by where the addresses fall."""
-    lo, hi = int(ecam["addr"].min()), int(ecam["addr"].max())
+    hi = int(ecam["addr"].max())
     first_line = int(ecam["line"][0])
     if mode == "offset" or (mode == "auto" and window is not None and hi < window.window_end - window.base
                             and not window.window_start <= hi):

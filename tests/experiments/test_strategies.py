@@ -7,7 +7,6 @@ one dword per page, on a fresh VM.
 
 import pytest
 
-from allones.constants import PAGE_SIZE
 from allones.errors import NoMemory
 from allones.experiments.fleet import scan_events
 from allones.experiments.strategies import STRATEGIES, get_strategy
