@@ -239,7 +239,7 @@ def trace_import(args, out) -> int:
     from .pci.traces import format_csv, load_capture
     if args.csv and not Path(args.csv).resolve().parent.is_dir():    # before the work
         raise FileNotFoundError(f"--csv {args.csv}: no such directory {Path(args.csv).resolve().parent}")
-    with Progress(f"reading {Path(args.path).name}", bytes=True) as progress:
+    with Progress(f"reading {Path(args.path).name}", in_bytes=True) as progress:
         capture = load_capture(args.path, args.topology, args.part, ecam_base=args.ecam_base,
                                ecam_buses=args.ecam_buses, ecam_addr=args.ecam_addr, strict=args.strict,
                                progress=progress)
@@ -384,10 +384,10 @@ def compare(args, out) -> int:
 
 def _mix(text: str) -> list[str]:
     """--topology without --trace: the fleets' mix, comma-separated specs (a VM draws one)."""
-    from .experiments.compare import _check_mix
+    from .experiments.compare import check_mix
     mix = [spec.strip() for spec in text.split(",")]
     try:
-        _check_mix(mix)
+        check_mix(mix)
     except ValueError as exc:
         raise ValueError(f"--topology {text!r}: {exc}") from None
     return mix

@@ -12,10 +12,10 @@ PLAIN_EVERY = 5.0     # seconds between plain lines: a log that grows, not one t
 
 class Progress:
     """`with Progress("fleets", total=40) as p: p(done)`, or p(done, total) where the total
-    becomes known late. `bytes=True` shows sizes (a file being read)."""
+    becomes known late. `in_bytes=True` shows sizes (a file being read)."""
 
-    def __init__(self, what: str, total: int | None = None, bytes: bool = False, stream=None):
-        self.what, self.total, self.bytes = what, total, bytes
+    def __init__(self, what: str, total: int | None = None, in_bytes: bool = False, stream=None):
+        self.what, self.total, self.in_bytes = what, total, in_bytes
         self.stream = stream if stream is not None else sys.stderr
         self.done, self.bar, self.start, self.last = 0, None, 0.0, 0.0
 
@@ -26,7 +26,7 @@ class Progress:
             from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress as Bar,
                                        TimeElapsedColumn)
             self.bar = Bar("[progress.description]{task.description}", BarColumn(),
-                           DownloadColumn() if self.bytes else MofNCompleteColumn(), TimeElapsedColumn(),
+                           DownloadColumn() if self.in_bytes else MofNCompleteColumn(), TimeElapsedColumn(),
                            console=Console(file=self.stream), transient=True)
             self.bar.__enter__()
             self.task = self.bar.add_task(self.what, total=self.total)
@@ -44,7 +44,7 @@ class Progress:
 
     def _line(self, end: str = "") -> None:
         count = (f"{self.done / 2**20:,.0f}" + (f"/{self.total / 2**20:,.0f} MiB" if self.total else " MiB")
-                 if self.bytes else f"{self.done:,}" + (f"/{self.total:,}" if self.total else ""))
+                 if self.in_bytes else f"{self.done:,}" + (f"/{self.total:,}" if self.total else ""))
         print(f"{self.what}: {count}, {time.monotonic() - self.start:.0f} s{end}", file=self.stream,
               flush=True)
 

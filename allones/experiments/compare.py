@@ -255,7 +255,7 @@ def compare(strategies=tuple(STRATEGIES), scans=DEFAULT_SCANS, n_vms: int = 64, 
     n_vms = _index("n_vms", n_vms)
     if n_vms < 1:
         raise ValueError(f"n_vms {n_vms} must be at least 1")
-    _check_mix(mix)
+    check_mix(mix)
     seed = _index("seed", seed)
     if seed < 0:
         raise ValueError(f"seed {seed} must be a non-negative integer")
@@ -292,7 +292,7 @@ def compare(strategies=tuple(STRATEGIES), scans=DEFAULT_SCANS, n_vms: int = 64, 
     return [results[i] for i in range(len(jobs))]
 
 
-def _check_mix(mix) -> None:
+def check_mix(mix) -> None:
     """A fleet's topology mix: a non-empty list of specs from_spec accepts (checked here,
     before any fleet starts, so a bad one fails at once, naming it)."""
     if isinstance(mix, str) or not hasattr(mix, "__iter__"):

@@ -73,11 +73,16 @@ def table_cells(r) -> list[str]:
             f"{r['modeled_pio_ms_per_vm']:.2f}", f"{r['modeled_setup_ms_per_vm']:.1f}"]
 
 
+def column_widths(cells: list[list[str]]) -> list[int]:
+    """Each TABLE_COLUMNS column's width in a rich table: its widest cell or header, padded."""
+    return [max(len(c[i]) for c in cells + [list(TABLE_COLUMNS)]) + CELL_EXTRA for i in range(len(TABLE_COLUMNS))]
+
+
 def column_groups(cells: list[list[str]], width: int | None) -> list[tuple[str, list[int]]]:
     """Tables that fit `width` terminal columns: (title, TABLE_COLUMNS' indices) each led by
     the strategy, COLUMN_GROUPS merged while they fit (a cell is never cut: a group too wide
     stands alone, and the terminal wraps it); None: one table of every column."""
-    need = [max(len(c[i]) for c in cells + [list(TABLE_COLUMNS)]) + CELL_EXTRA for i in range(len(TABLE_COLUMNS))]
+    need = column_widths(cells)
     tables = []
     for title, columns in COLUMN_GROUPS:
         if tables and (width is None or sum(need[i] for i in tables[-1][1] + list(columns)) + 1 <= width):
@@ -102,8 +107,7 @@ def print_tables(rows, costs_text: str, console=None, wide: bool = False) -> Non
         cells = [table_cells(r) for r in group]
         tables = column_groups(cells, console.width if fit else None)
         if not fit:          # a file or pipe: as wide as the table, so that nothing wraps
-            console.width = max(console.width, sum(max(len(c[i]) for c in cells + [list(TABLE_COLUMNS)])
-                                                   + CELL_EXTRA for i in range(len(TABLE_COLUMNS))) + 1)
+            console.width = max(console.width, sum(column_widths(cells)) + 1)   # + the right border
         console.print(Text(f"{label}, {vms} VMs", style="bold"))
         for title, columns in tables:
             table = Table(title=title, title_justify="left")
